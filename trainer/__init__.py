@@ -1,0 +1,1 @@
+"""Trainer for experts: LoRA adapters and soft prompts (PEFT)."""
