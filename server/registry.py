@@ -1,0 +1,245 @@
+"""The experts a server has loaded: immutable snapshots, published with one assignment.
+
+A snapshot holds everything a request needs from its expert (manifest, LoRA handle, soft
+prompt tensors, resolved decoding defaults, grammar). A request takes the snapshot current
+when it starts and keeps it to the end, whatever is published meanwhile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .artifacts import BaseInfo, check_artifacts, grammar_location, inside
+from .engine import Engine, LoRAHandle
+from .fates import FieldFate, field_fates
+from .hints import EnginePlan, HintOutcome, engine_wide_diff
+from .manifest import MANIFEST_FILENAME, Manifest, ManifestError, is_plain_name, parse_manifest, read_manifest_json
+from .sampling import expert_defaults
+
+log = logging.getLogger("expert_gateway.registry")
+
+
+@dataclass(frozen=True)
+class ExpertSnapshot:
+    name: str
+    version: str
+    manifest: Manifest
+    raw: dict[str, Any]
+    root: Path
+    lora: LoRAHandle | None
+    soft_prompts: Mapping[str, Any]  # name -> tensor [tokens, hidden]; the first is the default
+    defaults: Mapping[str, Any]  # sampling values the manifest sets
+    structured: tuple[str, Any] | None  # default constraint: ("json_object", True) | ("grammar", text)
+    output_check: str | None  # "json" when the manifest asks for JSON validation
+    max_model_len: int | None
+    fates: tuple[FieldFate, ...]
+    hints: tuple[HintOutcome, ...]
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def default_soft_prompt(self) -> str | None:
+        return next(iter(self.soft_prompts), None)
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": self.name,
+            "version": self.version,
+            "schema_version": m.schema_version,
+            "description": m.description,
+            "author": m.author,
+            "license": m.license,
+            "tags": m.tags,
+            "capabilities": m.capabilities,
+            "base_models": [b.name for b, _ in m.bases()],
+            "adapter": self.lora.name if self.lora else None,
+            "soft_prompts": {k: list(v.shape) for k, v in self.soft_prompts.items()},
+            "default_soft_prompt": self.default_soft_prompt,
+            "decoding_defaults": dict(self.defaults),
+            "constraint": self.structured[0] if self.structured else None,
+            "output_check": self.output_check,
+            "max_model_len": self.max_model_len,
+            "loaded_at": self.loaded_at,
+        }
+
+
+class ExpertLoadError(Exception):
+    """An expert folder that cannot be loaded; `reasons` says why, field by field."""
+
+    def __init__(self, name: str, reasons: list[str]):
+        self.name = name
+        self.reasons = reasons
+        super().__init__(f"{name}: " + "; ".join(reasons))
+
+
+def scan(experts_dir: Path) -> list[tuple[str, Path]]:
+    """Expert folders (those holding a manifest.json) with a plain name."""
+    if not experts_dir.is_dir():
+        return []
+    return sorted(
+        (p.name, p) for p in experts_dir.iterdir()
+        if p.is_dir() and is_plain_name(p.name) and (p / MANIFEST_FILENAME).is_file()
+    )
+
+
+def read_for_plan(experts_dir: Path) -> list[tuple[str, Manifest]]:
+    """Manifests that parse, in load order: what the engine plan is made from."""
+    found = []
+    for _, folder in scan(experts_dir):
+        try:
+            m = parse_manifest(read_manifest_json(folder / MANIFEST_FILENAME))
+        except ManifestError:
+            continue
+        found.append((m.name, m))
+    found.sort(key=lambda x: (x[1].load_order, x[0]))
+    return found
+
+
+class Registry:
+    def __init__(self, engine: Engine, base: BaseInfo, plan: EnginePlan, *, platform: str,
+                 max_lora_rank: int, engine_max_model_len: int):
+        self.engine = engine
+        self.base = base
+        self.plan = plan
+        self.platform = platform
+        self.max_lora_rank = max_lora_rank
+        self.engine_max_model_len = engine_max_model_len
+        self._experts: dict[str, ExpertSnapshot] = {}
+        self.not_loaded: dict[str, list[str]] = {}
+        self._lora_ids = itertools.count(1)  # LoRA ids and names are never reused
+
+    # -- reading
+
+    def get(self, name: str) -> ExpertSnapshot | None:
+        return self._experts.get(name)
+
+    def all(self) -> list[ExpertSnapshot]:
+        return sorted(self._experts.values(), key=lambda s: (s.manifest.load_order, s.name))
+
+    # -- loading
+
+    async def load_all(self, experts_dir: Path) -> None:
+        candidates = []
+        for folder_name, folder in scan(experts_dir):
+            try:
+                raw = read_manifest_json(folder / MANIFEST_FILENAME)
+                m = parse_manifest(raw)
+            except ManifestError as exc:
+                self._fail(folder_name, [f"{i.field or '<manifest>'}: {i.message}" for i in exc.issues])
+                continue
+            candidates.append((m, folder))
+        candidates.sort(key=lambda c: (c[0].load_order, c[0].name))
+        for m, folder in candidates:
+            reasons = self._constraint_problems(m)
+            if m.name != folder.name:
+                reasons.append(f"manifest name {m.name!r} differs from its folder name {folder.name!r}")
+            if reasons:
+                self._fail(m.name, reasons)
+                continue
+            try:
+                snapshot = await self.build(folder)
+            except ExpertLoadError as exc:
+                self._fail(m.name, exc.reasons)
+                continue
+            self.publish(snapshot)
+            hints = "; ".join(
+                f"{h.field} {'honoured' if h.honoured else 'NOT honoured'} ({h.reason})" for h in snapshot.hints
+            ) or "no runtime hints"
+            log.info("expert %s %s loaded (lora=%s, soft prompts=%s); %s", m.name, m.version,
+                     snapshot.lora.name if snapshot.lora else None, list(snapshot.soft_prompts) or None, hints)
+
+    def _fail(self, name: str, reasons: list[str]) -> None:
+        self.not_loaded[name] = reasons
+        log.warning("expert %s not loaded: %s", name, "; ".join(reasons))
+
+    def _constraint_problems(self, m: Manifest) -> list[str]:
+        problems = []
+        c = m.constraints
+        if c is None:
+            return problems
+        for req in c.requires or []:
+            if req not in self._experts:
+                problems.append(f"constraints.requires: {req!r} is not loaded (it must load first)")
+        for other in c.incompatible_with or []:
+            if other in self._experts:
+                problems.append(f"constraints.incompatible_with: {other!r} is loaded")
+        return problems
+
+    async def build(self, folder: Path) -> ExpertSnapshot:
+        """Validate a folder and load its adapter and tensors, without publishing anything."""
+        manifest_file = folder / MANIFEST_FILENAME
+        try:
+            raw = read_manifest_json(manifest_file)
+            m = parse_manifest(raw)
+        except ManifestError as exc:
+            raise ExpertLoadError(folder.name, [f"{i.field or '<manifest>'}: {i.message}" for i in exc.issues]) from None
+        report = check_artifacts(folder, manifest_file, m, self.base, self.max_lora_rank)
+        reasons = [f"{f}: {msg}" for f, msg in report.errors] + report.blockers
+        hints = self.plan.reports.get(m.name)
+        if hints is None:  # an expert the engine was not planned with (added later)
+            from .hints import plan_engine
+
+            hints = plan_engine([(m.name, m.runtime)], platform=self.platform, defaults=self.plan.engine_args).reports[m.name]
+        if reasons:
+            raise ExpertLoadError(m.name, reasons)
+
+        soft_prompts = {}
+        for sp in m.soft_prompts:
+            from trainer.soft_prompt import load_soft_prompt
+
+            path = inside(folder, sp.path)
+            assert path is not None  # checked by check_artifacts
+            soft_prompts[sp.name] = load_soft_prompt(path).float()
+
+        lora = None
+        adapters = m.bases()[0][1]
+        if adapters and report.adapter_dir is not None:
+            lora_id = next(self._lora_ids)
+            lora = LoRAHandle(f"{m.name}@{m.version}#{lora_id}", lora_id, str(report.adapter_dir))
+            try:
+                await self.engine.add_lora(lora)
+            except Exception as exc:
+                raise ExpertLoadError(m.name, [f"the engine could not load the adapter: {exc}"]) from None
+
+        structured = None
+        kind, _ = grammar_location(folder, manifest_file, m)
+        if kind == "json":
+            structured = ("json_object", True)
+        elif kind == "gbnf" and report.grammar_text is not None:
+            structured = ("grammar", report.grammar_text)
+        d = m.decoding
+        check = None
+        if d.validation and (d.validation.lower() in ("json", "json_syntax") or
+                             (d.validation.lower() in ("parser-strict", "strict") and (d.grammar_type or "").lower() == "json")):
+            check = "json"
+        max_len = m.runtime.max_model_len if m.runtime and m.runtime.max_model_len else None
+        return ExpertSnapshot(
+            name=m.name,
+            version=m.version,
+            manifest=m,
+            raw=raw,
+            root=folder,
+            lora=lora,
+            soft_prompts=soft_prompts,
+            defaults=expert_defaults(d),
+            structured=structured,
+            output_check=check,
+            max_model_len=min(max_len, self.engine_max_model_len) if max_len else None,
+            fates=tuple(field_fates(raw, m, report, hints)),
+            hints=tuple(hints),
+        )
+
+    def publish(self, snapshot: ExpertSnapshot) -> ExpertSnapshot | None:
+        """Make `snapshot` current (one assignment); returns the one it replaces."""
+        old = self._experts.get(snapshot.name)
+        self._experts = {**self._experts, snapshot.name: snapshot}
+        self.not_loaded.pop(snapshot.name, None)
+        return old
+
+    def engine_wide_changes(self, old: ExpertSnapshot, new_manifest: Manifest) -> dict[str, tuple[Any, Any]]:
+        return engine_wide_diff(old.manifest.runtime, new_manifest.runtime)
