@@ -1,0 +1,136 @@
+"""Shared fixtures. The real server (`expert serve`, real vLLM engine, embedded model) starts
+once per test session, on loopback, over a folder of test experts built here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from experts_factory import make_lora, manifest, write_expert  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference" / "hivellm"
+EXPERT_BIN = Path(sys.executable).parent / "expert"
+
+JSON_GRAMMAR_GBNF = r'''
+root ::= "{" ws "\"answer\"" ws ":" ws string ws "}"
+string ::= "\"" [a-zA-Z0-9 ,.]{1,40} "\""
+ws ::= [ ]?
+'''
+
+
+@pytest.fixture(scope="session")
+def base_path() -> Path:
+    from server.embedded import prepare
+
+    return prepare()
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.fail(f"reference manifests not found at {REFERENCE}")
+    return REFERENCE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    base_model: str
+    experts_dir: Path
+    log_path: Path
+    process: subprocess.Popen
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Path:
+    root = tmp_path_factory.mktemp("experts")
+    lora_a = make_lora(base_path, root / "lora-a", seed=1)
+    write_expert(root, manifest("lora-a", version="1.0.0", adapter=lora_a,
+                                decoding={"temperature": 0.1, "max_tokens": 12}))
+    write_expert(root, manifest("stopper", decoding={"stop_sequences": ["Paris"], "temperature": 0.0}))
+    write_expert(root, manifest("jsoner", decoding={"use_grammar": True, "grammar_type": "json",
+                                                    "validation": "json", "temperature": 0.7, "max_tokens": 200}))
+    write_expert(root, manifest("gbnf-expert", decoding={"use_grammar": True, "grammar_type": "gbnf",
+                                                         "grammar_file": "grammar.gbnf", "max_tokens": 40}),
+                 files={"grammar.gbnf": JSON_GRAMMAR_GBNF})
+    write_expert(root, manifest("short-ctx", runtime={"max_model_len": 128, "attention_kernel": "flash-v2"}))
+    # valid manifest, not servable: DoRA
+    write_expert(root, manifest("dora-expert", adapter={"type": "dora", "r": 8, "alpha": 16}))
+    return root
+
+
+def _start_server(experts: Path, log_path: Path, env_extra: dict[str, str] | None = None) -> RunningServer:
+    port = free_port()
+    env = {**os.environ, "EXPERT_DTYPE": "float32", "EXPERT_MAX_MODEL_LEN": "1024", **(env_extra or {})}
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(
+        [str(EXPERT_BIN), "serve", "--experts-dir", str(experts), "--port", str(port)],
+        stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            r = httpx.get(url + "/ready", timeout=2)
+            if r.status_code == 200:
+                return RunningServer(url, "HuggingFaceTB/SmolLM2-135M-Instruct", experts, log_path, proc)
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    _stop(proc)
+    raise RuntimeError("server not ready after 300 s:\n" + log_path.read_text()[-4000:])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(experts_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    log_path = tmp_path_factory.mktemp("logs") / "server.log"
+    running = _start_server(experts_dir, log_path)
+    try:
+        yield running
+    finally:
+        _stop(running.process)
+
+
+@pytest.fixture(scope="session")
+def openai_client(server: RunningServer):
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def sampling_header(raw_response) -> dict:
+    return json.loads(raw_response.headers["x-expert-sampling"])
