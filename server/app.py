@@ -19,7 +19,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .auth import KeyRing, Role
 from .chat import Outcome, complete, plan_chat, stream
+from .observe import Observation
 from .errors import APIError, InvalidRequest, NotFound, NotReady, PayloadTooLarge
 from .gateway import EngineFactory, Gateway
 from .manifest import is_plain_name
@@ -58,6 +62,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def create_app(settings: Settings, engine_factory: EngineFactory | None = None) -> FastAPI:
     gw = Gateway(settings, engine_factory=engine_factory)
+    keys = KeyRing.from_settings(settings.api_keys, settings.admin_keys, settings.keys_file)
     server_defaults = {**SERVER_DEFAULTS, "max_tokens": settings.default_max_tokens}
 
     @contextlib.asynccontextmanager
@@ -67,6 +72,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
             yield
         finally:
             starting.cancel()
+            if gw.watcher is not None:
+                gw.watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await starting
             await asyncio.to_thread(gw.shutdown)
@@ -117,7 +124,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
     # ------------------------------------------------------------------ models and experts
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(request: Request) -> dict[str, Any]:
+        keys.require(request.headers.get("authorization"), Role.CLIENT)
         _, registry, _ = gw.require_ready()
         base = settings.served_model_name
         created = int(time.time())
@@ -129,7 +137,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         return {"object": "list", "data": data}
 
     @app.get("/experts")
-    async def experts() -> dict[str, Any]:
+    async def experts(request: Request) -> dict[str, Any]:
+        keys.require(request.headers.get("authorization"), Role.CLIENT)
         _, registry, _ = gw.require_ready()
         return {
             "experts": [{"name": e.name, "version": e.version, "status": "loaded"} for e in registry.all()],
@@ -137,7 +146,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         }
 
     @app.get("/experts/{name}")
-    async def expert(name: str) -> dict[str, Any]:
+    async def expert(name: str, request: Request) -> dict[str, Any]:
+        keys.require(request.headers.get("authorization"), Role.CLIENT)
         if not is_plain_name(name):
             raise InvalidRequest("an expert name is a plain name, not a path", param="name")
         _, registry, _ = gw.require_ready()
@@ -159,25 +169,84 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = await _read_body(request, settings.max_body_bytes)
+        obs = Observation(gw.metrics, settings.log_json)
+        expert = None
         try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        try:
-            req = ChatCompletionRequest.model_validate(payload)
-        except ValidationError as err:
-            raise _validation_error(err) from None
-        engine, registry, prompts = gw.require_ready()
-        plan = plan_chat(req, registry, prompts, base_name=settings.served_model_name,
-                         engine_max_len=gw.engine_max_model_len, server_defaults=server_defaults)
+            keys.require(request.headers.get("authorization"), Role.CLIENT)
+            body = await _read_body(request, settings.max_body_bytes)
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+            if not isinstance(payload, dict):
+                raise InvalidRequest("the body must be a JSON object")
+            try:
+                req = ChatCompletionRequest.model_validate(payload)
+            except ValidationError as err:
+                raise _validation_error(err) from None
+            engine, registry, prompts = gw.require_ready()
+            if req.model != settings.served_model_name:
+                expert = registry.acquire(req.model)
+                if expert is None:
+                    raise NotFound(f"the model {req.model!r} does not exist", param="model", code="model_not_found")
+                obs.expert, obs.version = expert.name, expert.version
+            plan = plan_chat(req, expert, prompts, engine_max_len=gw.engine_max_model_len,
+                             server_defaults=server_defaults)
+        except APIError as exc:
+            if expert is not None:
+                await gw.registry.release(expert)
+            obs.finish(exc.status)
+            raise
+        obs.bind(plan)
         outcome = Outcome()
+
+        async def released(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in obs.wrap_stream(chunks, outcome):
+                    yield chunk
+            finally:
+                if expert is not None:
+                    await registry.release(expert)
+
         if req.stream:
-            return StreamingResponse(stream(engine, plan, outcome), media_type="text/event-stream",
+            return StreamingResponse(released(stream(engine, plan, outcome)), media_type="text/event-stream",
                                      headers={**plan.headers(), "Cache-Control": "no-cache"})
-        body_out = await complete(engine, plan, request.is_disconnected, outcome)
+        status = 500
+        try:
+            body_out = await complete(engine, plan, request.is_disconnected, outcome)
+            status = 200
+        except APIError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        finally:
+            obs.finish(status, outcome if status == 200 else None)
+            if expert is not None:
+                await registry.release(expert)
         return JSONResponse(body_out, headers=plan.headers())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @app.post("/experts/{name}/reload")
+    async def reload_expert(name: str, request: Request) -> dict[str, Any]:
+        keys.require(request.headers.get("authorization"), Role.ADMIN)
+        gw.require_ready()
+        assert gw.lifecycle is not None
+        return await gw.lifecycle.reload(name)
+
+    @app.delete("/experts/{name}")
+    async def unload_expert(name: str, request: Request) -> dict[str, Any]:
+        keys.require(request.headers.get("authorization"), Role.ADMIN)
+        gw.require_ready()
+        assert gw.lifecycle is not None
+        return await gw.lifecycle.unload(name)
+
+    # ------------------------------------------------------------------ metrics
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app

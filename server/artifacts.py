@@ -177,8 +177,11 @@ def _check_adapter(report: ArtifactReport, root: Path, apath: str, adapter: Adap
     else:
         try:
             cfg = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             report.error(f"{apath}", f"{ADAPTER_CONFIG} unreadable: {exc}")
+            cfg = None
+        if cfg is not None and not isinstance(cfg, dict):
+            report.error(f"{apath}", f"{ADAPTER_CONFIG} is not a JSON object")
             cfg = None
         if cfg is not None:
             _compare_adapter_config(report, apath, adapter, cfg, max_lora_rank)
@@ -197,7 +200,7 @@ def _compare_adapter_config(report: ArtifactReport, apath: str, adapter: Adapter
         wanted = getattr(adapter, key)
         if wanted is None:
             continue
-        if actual is None or abs(float(actual) - float(wanted)) > 1e-9:
+        if not isinstance(actual, (int, float)) or isinstance(actual, bool) or abs(float(actual) - float(wanted)) > 1e-9:
             report.error(f"{apath}.{key}", f"manifest says {wanted}, {ADAPTER_CONFIG} says {actual}")
         else:
             report.note(f"{apath}.{key}", f"agrees with {ADAPTER_CONFIG}")
@@ -312,7 +315,8 @@ def _check_grammar(report: ArtifactReport, root: Path, manifest_file: Path, m: M
         report.error(field_name, "grammar_file must be a relative path inside the expert folder")
         return
     if not file.is_file():
-        msg = f"grammar type {m.decoding.grammar_type!r} needs a GBNF file: no grammar_file and no {DEFAULT_GRAMMAR} here"
+        msg = (f"grammar_file {m.decoding.grammar_file!r} not found" if m.decoding.grammar_file else
+               f"grammar type {m.decoding.grammar_type!r} needs a GBNF file: no grammar_file and no {DEFAULT_GRAMMAR} here")
         report.note(field_name, msg, "refused")
         report.blockers.append(f"{field_name}: {msg}")
         return

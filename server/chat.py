@@ -13,11 +13,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from .engine import Engine, GenerationRequest, GenerationStep
-from .errors import APIError, InvalidRequest, NotFound
+from .engine import Engine, GenerationRequest
+from .errors import APIError, InvalidRequest
 from .prompting import PromptBuilder
 from .protocol import ChatCompletionRequest
-from .registry import ExpertSnapshot, Registry
+from .registry import ExpertSnapshot
 from .sampling import Resolved, header_value, resolve
 
 SOFT_PROMPT_OFF = "none"
@@ -46,14 +46,9 @@ class PlannedChat:
         return h
 
 
-def plan_chat(req: ChatCompletionRequest, registry: Registry, prompts: PromptBuilder, *, base_name: str,
+def plan_chat(req: ChatCompletionRequest, expert: ExpertSnapshot | None, prompts: PromptBuilder, *,
               engine_max_len: int, server_defaults: dict[str, Any]) -> PlannedChat:
-    expert = None
-    if req.model != base_name:
-        expert = registry.get(req.model)
-        if expert is None:
-            raise NotFound(f"the model {req.model!r} does not exist", param="model", code="model_not_found")
-
+    """Every check and decision before the engine; `expert` None means the base model."""
     try:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     except ValueError as exc:
@@ -112,7 +107,6 @@ def plan_chat(req: ChatCompletionRequest, registry: Registry, prompts: PromptBui
         prompt_embeds=prompts.embeds(soft_tensor, token_ids) if soft_tensor is not None else None,
         lora=expert.lora if expert else None,
         structured=structured,
-        stream=req.stream,
     )
     return PlannedChat(
         request_id=request_id,
@@ -141,44 +135,47 @@ async def complete(engine: Engine, plan: PlannedChat, is_disconnected: Callable[
                    outcome: Outcome) -> dict[str, Any]:
     """Run to the end; a client that goes away cancels the generation (the engine aborts it)."""
 
-    async def run() -> GenerationStep | None:
-        last = None
+    n = plan.generation.sampling["n"]
+    texts, tokens, finish = [""] * n, [0] * n, [None] * n
+
+    async def run() -> None:
         async for step in engine.generate(plan.generation):
-            last = step
-        return last
+            for c in step.completions:
+                if c.token_ids and outcome.first_token_at is None:
+                    outcome.first_token_at = time.perf_counter()
+                texts[c.index] += c.text
+                tokens[c.index] += len(c.token_ids)
+                finish[c.index] = c.finish_reason or finish[c.index]
 
     task = asyncio.create_task(run())
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.25)
-        if done:
-            break
-        if await is_disconnected():
-            task.cancel()
-            raise asyncio.CancelledError("client disconnected")
-    last = task.result()
-    choices = []
-    completion_tokens = 0
-    for c in sorted(last.completions if last else [], key=lambda c: c.index):
-        completion_tokens += len(c.token_ids)
-        choices.append({
-            "index": c.index,
-            "message": {"role": "assistant", "content": c.text},
-            "finish_reason": c.finish_reason,
-            "logprobs": None,
-        })
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                break
+            if await is_disconnected():
+                raise asyncio.CancelledError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()  # closes the engine's generator: vLLM aborts the request
+    task.result()
     outcome.prompt_tokens = plan.prompt_tokens
-    outcome.completion_tokens = completion_tokens
-    outcome.texts = [c["message"]["content"] for c in choices]
+    outcome.completion_tokens = sum(tokens)
+    outcome.texts = texts
     return {
         "id": plan.request_id,
         "object": "chat.completion",
         "created": plan.created,
         "model": plan.model,
-        "choices": choices,
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": finish[i],
+             "logprobs": None}
+            for i in range(n)
+        ],
         "usage": {
             "prompt_tokens": plan.prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": plan.prompt_tokens + completion_tokens,
+            "completion_tokens": sum(tokens),
+            "total_tokens": plan.prompt_tokens + sum(tokens),
         },
     }
 
@@ -204,7 +201,7 @@ async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIt
         async for step in engine.generate(plan.generation):
             chunks = []
             for c in step.completions:
-                if c.text and outcome.first_token_at is None:
+                if c.token_ids and outcome.first_token_at is None:
                     outcome.first_token_at = time.perf_counter()
                 texts[c.index] += c.text
                 tokens[c.index] += len(c.token_ids)
@@ -216,7 +213,7 @@ async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIt
     except APIError as exc:
         yield _sse(exc.body())
         yield b"data: [DONE]\n\n"
-        raise
+        raise  # Observation.wrap_stream records the status and ends the stream
     outcome.prompt_tokens = plan.prompt_tokens
     outcome.completion_tokens = sum(tokens)
     outcome.texts = texts

@@ -20,7 +20,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     settings = _settings(model=args.model)
     base = base_info(settings)
-    defaults = {"max_model_len": settings.max_model_len}
+    defaults = settings.engine_defaults()
     result = validate_path(Path(args.path), base, platform=detect_platform(settings),
                            engine_defaults=defaults, max_lora_rank=settings.max_lora_rank)
     print(render_json(result) if args.json else render_text(result, args.strict))

@@ -37,13 +37,12 @@ class GenerationRequest:
     prompt_embeds: Any = None  # torch.Tensor [n, hidden] when a soft prompt is prepended
     lora: LoRAHandle | None = None
     structured: tuple[str, Any] | None = None  # ("json_object", True) | ("json", schema) | ("grammar", text)
-    stream: bool = False
 
 
 @dataclass
 class Completion:
     index: int
-    text: str  # the new text since the last step when streaming, else the whole text
+    text: str  # the new text since the previous step (steps are deltas)
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -120,7 +119,7 @@ class VLLMEngine:
             seed=s["seed"],
             stop=list(s["stop"]) or None,
             structured_outputs=structured,
-            output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
+            output_kind=RequestOutputKind.DELTA,
         )
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationStep]:

@@ -19,6 +19,8 @@ from .base import base_info, model_location
 from .engine import Engine, VLLMEngine, configure_cpu_environment, known_attention_backends
 from .errors import NotReady
 from .hints import EnginePlan, plan_engine
+from .lifecycle import Lifecycle
+from .metrics import Metrics
 from .prompting import PromptBuilder
 from .registry import Registry, read_for_plan
 from .settings import Settings, detect_platform
@@ -39,6 +41,9 @@ class Gateway:
     plan: EnginePlan | None = None
     platform: str = "cpu"
     engine_max_model_len: int = 2048
+    lifecycle: Lifecycle | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    watcher: asyncio.Task | None = None
     startup_error: str | None = None
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[..., None]] = field(default_factory=list)
@@ -55,10 +60,6 @@ class Gateway:
                 raise NotReady("the engine died; the server needs a restart")
             raise NotReady("the server is starting: the engine and experts are not ready yet")
         return self.engine, self.registry, self.prompts
-
-    def engine_defaults(self) -> dict[str, Any]:
-        s = self.settings
-        return {"max_model_len": s.max_model_len}
 
     async def start(self) -> None:
         try:
@@ -80,7 +81,7 @@ class Gateway:
         if self.engine_factory is None:
             backends = await asyncio.to_thread(known_attention_backends)
         self.plan = plan_engine([(n, m.runtime) for n, m in manifests], platform=self.platform,
-                                defaults=self.engine_defaults(), known_backends=backends)
+                                defaults=s.engine_defaults(), known_backends=backends)
         for name, outcomes in self.plan.reports.items():
             for h in outcomes:
                 log.info("expert %s: hint %s=%r %s (%s)", name, h.field, h.requested,
@@ -92,11 +93,24 @@ class Gateway:
         self.engine = await asyncio.to_thread(factory, model, s.served_model_name, args)
         self.registry = Registry(self.engine, self.base, self.plan, platform=self.platform,
                                  max_lora_rank=s.max_lora_rank, engine_max_model_len=self.engine_max_model_len)
+        self.registry.on_change.append(self._update_info)
         await self.registry.load_all(s.experts_dir)
+        self._update_info()
+        self.lifecycle = Lifecycle(self.registry, s.experts_dir, self.metrics)
+        if s.watch:
+            self.watcher = asyncio.create_task(self.lifecycle.watch())
         loaded = [x.name for x in self.registry.all()]
         log.info("ready: base %s, %d expert(s) loaded %s, %d not loaded %s", s.served_model_name, len(loaded),
                  loaded, len(self.registry.not_loaded), sorted(self.registry.not_loaded))
         self.ready_event.set()
+
+    def _update_info(self) -> None:
+        assert self.registry is not None
+        self.metrics.set_loaded(
+            (e.name, e.version, self.settings.served_model_name, e.lora.name if e.lora else "",
+             e.default_soft_prompt or "")
+            for e in self.registry.all()
+        )
 
     def engine_args(self, plan: EnginePlan) -> dict[str, Any]:
         s = self.settings

@@ -155,3 +155,24 @@ def engine_wide_diff(old: Runtime | None, new: Runtime | None) -> dict[str, tupl
     before = {r.engine_arg: r.value for r in requests_of(old)}
     after = {r.engine_arg: r.value for r in requests_of(new)}
     return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+
+
+def hints_against_engine(runtime: Runtime | None, engine_args: dict[str, Any], *, platform: str) -> list[HintOutcome]:
+    """Report for an expert loaded into a running engine: its hints are honoured where the
+    engine already has what they ask for; changing an engine arg needs a restart."""
+    out: list[HintOutcome] = []
+    for r in requests_of(runtime):
+        have = engine_args.get(r.engine_arg)
+        if r.engine_arg == "max_model_len":
+            ok = have is None or int(r.value) <= int(have)
+            out.append(HintOutcome(r.field, r.engine_arg, r.value, r.value if ok else have, ok,
+                                   "within the engine's context" if ok else f"the engine's context is {have}; restart to raise it"))
+        elif r.engine_arg == "attention_backend" and platform == "cpu" and r.value != CPU_ATTENTION:
+            out.append(HintOutcome(r.field, r.engine_arg, r.value, CPU_ATTENTION, False,
+                                   f"on CPU every attention backend is {CPU_ATTENTION}"))
+        elif have == r.value:
+            out.append(HintOutcome(r.field, r.engine_arg, r.value, have, True, "engine arg set"))
+        else:
+            out.append(HintOutcome(r.field, r.engine_arg, r.value, have if have is not None else "default", False,
+                                   "the running engine was started with another value; changing it needs a restart"))
+    return out

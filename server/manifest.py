@@ -43,6 +43,15 @@ _NAME_RE = re.compile(NAME_PATTERN)
 Scalar = Union[str, int, float, bool, None]
 
 
+class FieldRule(ValueError):
+    """A cross-field rule broken by the object being validated: names the field(s) at fault
+    (relative to that object), so the reported path points at them, not at their parent."""
+
+    def __init__(self, fields: str | tuple[str, ...], message: str):
+        super().__init__(message)
+        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
+
+
 def is_plain_name(name: str) -> bool:
     """True for a name that can never address anything but one folder of the experts dir."""
     return bool(_NAME_RE.match(name)) and ".." not in name
@@ -57,8 +66,18 @@ class _Strict(BaseModel):
     @classmethod
     def _drop_comments(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
+            data = {k: v for k, v in data.items() if not _is_comment(k)}
+            # free-form maps (`field_mapping`, `integrity.files`, `alternative_checkpoints`…)
+            # may carry comments too: they are not entries of the map
+            for name, info in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, dict) and "dict[" in str(info.annotation):
+                    data[name] = {k: v for k, v in value.items() if not _is_comment(k)}
         return data
+
+
+def _is_comment(key: Any) -> bool:
+    return isinstance(key, str) and key.startswith("_")
 
 
 # ----------------------------------------------------------------------------- base model
@@ -94,7 +113,7 @@ class Adapter(_Strict):
         if self.type in ("lora", "dora", "adalora", "lokr"):
             missing = [k for k in ("r", "alpha") if getattr(self, k) is None]
             if missing:
-                raise ValueError(f"{' and '.join(missing)} required for a {self.type} adapter")
+                raise FieldRule(tuple(missing), f"{' and '.join(missing)} required for a {self.type} adapter")
         return self
 
 
@@ -132,7 +151,7 @@ class SoftPrompt(_Strict):
     @model_validator(mode="after")
     def _text_init(self) -> SoftPrompt:
         if self.init_method == "text" and not self.init_text:
-            raise ValueError("init_text required when init_method is 'text'")
+            raise FieldRule("init_text", "init_text required when init_method is 'text'")
         return self
 
 
@@ -333,6 +352,15 @@ class Integrity(_Strict):
     signed_at: str | None = None
     created_at: str | None = None
 
+    @field_validator("files")
+    @classmethod
+    def _map_hashes(cls, v: dict[str, str] | list[IntegrityFile] | None) -> dict[str, str] | list[IntegrityFile] | None:
+        if isinstance(v, dict):
+            bad = [p for p, h in v.items() if h and not re.fullmatch(r"[0-9a-fA-F]{64}", h)]
+            if bad:
+                raise FieldRule(tuple(bad), "sha256 must be 64 hexadecimal digits (or empty)")
+        return v
+
     def file_hashes(self) -> dict[str, str]:
         if self.files is None:
             return {}
@@ -374,19 +402,20 @@ class Manifest(_Strict):
     def _one_base_shape(self) -> Manifest:
         if self.schema_version == "2.0":
             if not self.base_models:
-                raise ValueError("schema_version 2.0 needs a non-empty base_models list")
+                raise FieldRule("base_models", "schema_version 2.0 needs a non-empty base_models list")
             if self.base_model is not None or self.adapters is not None:
-                raise ValueError("schema_version 2.0 uses base_models[]; base_model and root adapters are v1 fields")
+                wrong = tuple(k for k in ("base_model", "adapters") if getattr(self, k) is not None)
+                raise FieldRule(wrong, "schema_version 2.0 uses base_models[]; base_model and root adapters are v1 fields")
         else:
             if self.base_model is None:
-                raise ValueError("schema_version 1.0 needs base_model")
+                raise FieldRule("base_model", "schema_version 1.0 needs base_model")
             if self.base_models is not None:
-                raise ValueError("base_models[] is a schema_version 2.0 field; set schema_version to \"2.0\"")
+                raise FieldRule("base_models", "base_models[] is a schema_version 2.0 field; set schema_version to \"2.0\"")
             if self.base_model.adapters is not None:
-                raise ValueError("in schema_version 1.0 adapters belong at the root, not in base_model")
+                raise FieldRule("base_model.adapters", "in schema_version 1.0 adapters belong at the root, not in base_model")
         names = [sp.name for sp in self.soft_prompts]
         if len(names) != len(set(names)):
-            raise ValueError("soft prompt names must be unique")
+            raise FieldRule("soft_prompts", "soft prompt names must be unique")
         return self
 
     # -- views that hide the v1/v2 difference
@@ -448,8 +477,13 @@ def format_path(loc: tuple[Any, ...] | list[Any]) -> str:
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the object at `loc` (for suggesting known keys)."""
     model: Any = Manifest
+    dict_key_next = False  # the field just entered maps free-form keys to objects
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int):  # a list index: the value was a list, not a dict
+            dict_key_next = False
+            continue
+        if dict_key_next:
+            dict_key_next = False
             continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
@@ -457,6 +491,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         model = _first_model(field.annotation)
+        dict_key_next = "dict[" in str(field.annotation)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
@@ -482,6 +517,15 @@ def issues_from_validation_error(err: ValidationError) -> list[SchemaIssue]:
             p for p in e["loc"]
             if not (isinstance(p, str) and (p in _MODEL_NAMES or _UNION_TAGS.match(p)))
         )
+        rule = (e.get("ctx") or {}).get("error")
+        if isinstance(rule, FieldRule):
+            for name in rule.fields:
+                path = format_path(loc + tuple(name.split(".")))
+                key = (path, str(rule))
+                if key not in seen:
+                    seen.add(key)
+                    issues.append(SchemaIssue(path, str(rule)))
+            continue
         path = format_path(loc)
         if e["type"] == "extra_forbidden":
             message = f"unknown field '{loc[-1]}'"
@@ -566,8 +610,21 @@ def load_manifest(path: Path) -> Manifest:
     return parse_manifest(read_manifest_json(path))
 
 
+def _allow_comment_keys(node: Any) -> None:
+    """Every closed object (`additionalProperties: false`) also accepts `_`-prefixed keys."""
+    if isinstance(node, dict):
+        if node.get("additionalProperties") is False:
+            node.setdefault("patternProperties", {})["^_"] = {}
+        for value in node.values():
+            _allow_comment_keys(value)
+    elif isinstance(node, list):
+        for value in node:
+            _allow_comment_keys(value)
+
+
 def json_schema() -> dict[str, Any]:
     schema = Manifest.model_json_schema()
+    _allow_comment_keys(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "expert manifest"
     schema["description"] = (

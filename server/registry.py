@@ -7,17 +7,18 @@ when it starts and keeps it to the end, whatever is published meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .artifacts import BaseInfo, check_artifacts, grammar_location, inside
 from .engine import Engine, LoRAHandle
 from .fates import FieldFate, field_fates
-from .hints import EnginePlan, HintOutcome, engine_wide_diff
+from .hints import EnginePlan, HintOutcome, engine_wide_diff, hints_against_engine
 from .manifest import MANIFEST_FILENAME, Manifest, ManifestError, is_plain_name, parse_manifest, read_manifest_json
 from .sampling import expert_defaults
 
@@ -40,6 +41,7 @@ class ExpertSnapshot:
     fates: tuple[FieldFate, ...]
     hints: tuple[HintOutcome, ...]
     loaded_at: float = field(default_factory=time.time)
+    serial: int = 0  # unique per build: identifies this version for in-flight accounting
 
     @property
     def default_soft_prompt(self) -> str | None:
@@ -112,11 +114,63 @@ class Registry:
         self._experts: dict[str, ExpertSnapshot] = {}
         self.not_loaded: dict[str, list[str]] = {}
         self._lora_ids = itertools.count(1)  # LoRA ids and names are never reused
+        self._serials = itertools.count(1)
+        self._in_flight: dict[int, int] = {}  # serial -> requests running on that version
+        self._retired: dict[int, ExpertSnapshot] = {}  # replaced versions still serving requests
+        self._drained: dict[int, asyncio.Event] = {}
+        self.on_change: list[Callable[[], None]] = []
 
     # -- reading
 
     def get(self, name: str) -> ExpertSnapshot | None:
         return self._experts.get(name)
+
+    def acquire(self, name: str) -> ExpertSnapshot | None:
+        """The current version of `name`, counted as in use until `release`."""
+        snapshot = self._experts.get(name)
+        if snapshot is not None:
+            self._in_flight[snapshot.serial] = self._in_flight.get(snapshot.serial, 0) + 1
+        return snapshot
+
+    async def release(self, snapshot: ExpertSnapshot) -> None:
+        left = self._in_flight.get(snapshot.serial, 1) - 1
+        self._in_flight[snapshot.serial] = left
+        if left <= 0:
+            self._in_flight.pop(snapshot.serial, None)
+            if snapshot.serial in self._retired:
+                await self._drop(self._retired.pop(snapshot.serial))
+
+    def in_flight(self, snapshot: ExpertSnapshot) -> int:
+        return self._in_flight.get(snapshot.serial, 0)
+
+    async def retire(self, snapshot: ExpertSnapshot) -> asyncio.Event:
+        """Remove a replaced version from the engine once its last request has ended."""
+        event = self._drained.setdefault(snapshot.serial, asyncio.Event())
+        if self._in_flight.get(snapshot.serial, 0) == 0:
+            await self._drop(snapshot)
+        else:
+            self._retired[snapshot.serial] = snapshot
+        return event
+
+    async def _drop(self, snapshot: ExpertSnapshot) -> None:
+        try:
+            if snapshot.lora is not None:
+                await self.engine.remove_lora(snapshot.lora)
+                log.info("expert %s %s: adapter %s removed from the engine", snapshot.name, snapshot.version,
+                         snapshot.lora.name)
+        finally:
+            self._drained.pop(snapshot.serial, asyncio.Event()).set()
+
+    def unpublish(self, name: str) -> ExpertSnapshot | None:
+        old = self._experts.get(name)
+        if old is not None:
+            self._experts = {k: v for k, v in self._experts.items() if k != name}
+            self._changed()
+        return old
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     def all(self) -> list[ExpertSnapshot]:
         return sorted(self._experts.values(), key=lambda s: (s.manifest.load_order, s.name))
@@ -142,7 +196,7 @@ class Registry:
                 self._fail(m.name, reasons)
                 continue
             try:
-                snapshot = await self.build(folder)
+                snapshot = await self.build(folder, startup=True)
             except ExpertLoadError as exc:
                 self._fail(m.name, exc.reasons)
                 continue
@@ -170,7 +224,7 @@ class Registry:
                 problems.append(f"constraints.incompatible_with: {other!r} is loaded")
         return problems
 
-    async def build(self, folder: Path) -> ExpertSnapshot:
+    async def build(self, folder: Path, *, startup: bool = False) -> ExpertSnapshot:
         """Validate a folder and load its adapter and tensors, without publishing anything."""
         manifest_file = folder / MANIFEST_FILENAME
         try:
@@ -180,11 +234,10 @@ class Registry:
             raise ExpertLoadError(folder.name, [f"{i.field or '<manifest>'}: {i.message}" for i in exc.issues]) from None
         report = check_artifacts(folder, manifest_file, m, self.base, self.max_lora_rank)
         reasons = [f"{f}: {msg}" for f, msg in report.errors] + report.blockers
-        hints = self.plan.reports.get(m.name)
-        if hints is None:  # an expert the engine was not planned with (added later)
-            from .hints import plan_engine
-
-            hints = plan_engine([(m.name, m.runtime)], platform=self.platform, defaults=self.plan.engine_args).reports[m.name]
+        if startup and m.name in self.plan.reports:
+            hints = self.plan.reports[m.name]
+        else:  # loaded later: the engine runs with the args it was started with
+            hints = hints_against_engine(m.runtime, self.plan.engine_args, platform=self.platform)
         if reasons:
             raise ExpertLoadError(m.name, reasons)
 
@@ -219,6 +272,7 @@ class Registry:
             check = "json"
         max_len = m.runtime.max_model_len if m.runtime and m.runtime.max_model_len else None
         return ExpertSnapshot(
+            serial=next(self._serials),
             name=m.name,
             version=m.version,
             manifest=m,
@@ -239,6 +293,7 @@ class Registry:
         old = self._experts.get(snapshot.name)
         self._experts = {**self._experts, snapshot.name: snapshot}
         self.not_loaded.pop(snapshot.name, None)
+        self._changed()
         return old
 
     def engine_wide_changes(self, old: ExpertSnapshot, new_manifest: Manifest) -> dict[str, tuple[Any, Any]]:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     watch: bool = Field(default=False, description="Reload an expert automatically when its folder changes.")
     log_json: bool = Field(default=False, description="Access logs as JSON lines.")
 
+    def engine_defaults(self) -> dict[str, object]:
+        """Engine args that runtime hints may change (vLLM's own defaults but the context)."""
+        return {"max_model_len": self.max_model_len, "enable_prefix_caching": True, "kv_cache_dtype": "auto"}
+
     @property
     def served_model_name(self) -> str:
         if self.model_name:

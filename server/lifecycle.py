@@ -1,0 +1,150 @@
+"""Expert lifecycle while serving: reload, unload, and watching the experts folder.
+
+A reload builds the new version off to the side (validate, load the adapter under a new,
+never-reused LoRA name and id, load tensors) and publishes it with one assignment;
+requests in flight finish on the version they started with, and the old adapter leaves
+the engine when its last request ends. Reloads of one expert are serialised; different
+experts proceed in parallel. A folder that fails leaves the old version serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import Conflict, InvalidRequest, NotFound, Unprocessable
+from .manifest import MANIFEST_FILENAME, ManifestError, is_plain_name, parse_manifest, read_manifest_json
+from .metrics import Metrics
+from .registry import ExpertLoadError, Registry
+from .hints import engine_wide_diff
+
+log = logging.getLogger("expert_gateway.lifecycle")
+
+
+class Lifecycle:
+    def __init__(self, registry: Registry, experts_dir: Path, metrics: Metrics):
+        self.registry = registry
+        self.experts_dir = experts_dir
+        self.metrics = metrics
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _folder(self, name: str) -> Path:
+        if not is_plain_name(name):
+            raise InvalidRequest("an expert name is a plain name (letters, digits, '.', '_', '-'), not a path",
+                                 param="name", code="invalid_expert_name")
+        return self.experts_dir / name
+
+    def lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def reload(self, name: str) -> dict[str, Any]:
+        folder = self._folder(name)
+        async with self.lock(name):
+            start = time.perf_counter()
+            try:
+                result = await self._reload(name, folder, start)
+            except Exception as exc:
+                outcome = {Conflict: "conflict", Unprocessable: "invalid", NotFound: "not_found"}.get(type(exc), "error")
+                self.metrics.reloads.labels(name, outcome).inc()
+                self.metrics.reload_duration.labels(name).observe(time.perf_counter() - start)
+                raise
+            self.metrics.reloads.labels(name, "ok").inc()
+            self.metrics.reload_duration.labels(name).observe(result["duration_s"])
+            return result
+
+    async def _reload(self, name: str, folder: Path, start: float) -> dict[str, Any]:
+        if not (folder / MANIFEST_FILENAME).is_file():
+            raise NotFound(f"no expert folder {name!r} with a {MANIFEST_FILENAME}", param="name")
+        old = self.registry.get(name)
+        try:
+            manifest = parse_manifest(read_manifest_json(folder / MANIFEST_FILENAME))
+        except ManifestError as exc:
+            raise Unprocessable(f"expert {name!r} failed validation; the old version keeps serving",
+                                details=[f"{i.field or '<manifest>'}: {i.message}" for i in exc.issues]) from None
+        if manifest.name != name:
+            raise Unprocessable(f"manifest name {manifest.name!r} differs from the folder name {name!r}",
+                                details=[f"name: {manifest.name!r} != {name!r}"])
+        if old is not None:
+            diff = engine_wide_diff(old.manifest.runtime, manifest.runtime)
+            if diff:
+                raise Conflict(
+                    "engine-wide hints changed; they need an engine restart, which reload does not do",
+                    details={arg: {"old": a, "new": b} for arg, (a, b) in diff.items()})
+        try:
+            snapshot = await self.registry.build(folder)
+        except ExpertLoadError as exc:
+            raise Unprocessable(f"expert {name!r} failed to load; the old version keeps serving",
+                                details=exc.reasons) from None
+        replaced = self.registry.publish(snapshot)
+        if replaced is not None:
+            await self.registry.retire(replaced)
+        duration = time.perf_counter() - start
+        log.info("expert %s reloaded: %s -> %s in %.2fs", name, replaced.version if replaced else None,
+                 snapshot.version, duration)
+        return {
+            "name": name,
+            "old_version": replaced.version if replaced else None,
+            "new_version": snapshot.version,
+            "adapter": snapshot.lora.name if snapshot.lora else None,
+            "duration_s": round(duration, 4),
+            "hints": [h.to_json() for h in snapshot.hints],
+        }
+
+    async def unload(self, name: str, drain_timeout: float = 120.0) -> dict[str, Any]:
+        self._folder(name)
+        async with self.lock(name):
+            old = self.registry.unpublish(name)
+            if old is None:
+                raise NotFound(f"expert {name!r} is not loaded", param="name")
+            start = time.perf_counter()
+            drained = await self.registry.retire(old)
+            try:
+                await asyncio.wait_for(drained.wait(), drain_timeout)
+            except asyncio.TimeoutError:
+                return {"name": name, "version": old.version, "drained": False,
+                        "in_flight": self.registry.in_flight(old)}
+            return {"name": name, "version": old.version, "drained": True,
+                    "duration_s": round(time.perf_counter() - start, 4)}
+
+    # -- watching
+
+    def fingerprint(self, folder: Path) -> str:
+        h = hashlib.sha256()
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
+    async def watch(self, interval: float = 1.0, settle: float = 2.0) -> None:
+        """Reload an expert whose folder changed and then stayed unchanged for `settle` seconds."""
+        seen: dict[str, str] = {}
+        pending: dict[str, tuple[str, float]] = {}
+        for p in self.experts_dir.iterdir() if self.experts_dir.is_dir() else []:
+            if p.is_dir() and is_plain_name(p.name):
+                seen[p.name] = await asyncio.to_thread(self.fingerprint, p)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for p in self.experts_dir.iterdir() if self.experts_dir.is_dir() else []:
+                if not (p.is_dir() and is_plain_name(p.name)):
+                    continue
+                fp = await asyncio.to_thread(self.fingerprint, p)
+                if seen.get(p.name) == fp:
+                    pending.pop(p.name, None)
+                    continue
+                if p.name not in pending or pending[p.name][0] != fp:
+                    pending[p.name] = (fp, now)  # changed: wait until it settles
+                elif now - pending[p.name][1] >= settle:
+                    pending.pop(p.name)
+                    seen[p.name] = fp
+                    try:
+                        result = await self.reload(p.name)
+                        log.info("watch: reloaded %s (%s -> %s)", p.name, result["old_version"], result["new_version"])
+                    except Exception as exc:  # reported, and the old version keeps serving
+                        details = getattr(exc, "details", None)
+                        log.warning("watch: %s not reloaded: %s %s", p.name, exc, details or "")
