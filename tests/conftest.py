@@ -76,6 +76,9 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
                                                          "grammar_file": "grammar.gbnf", "max_tokens": 40}),
                  files={"grammar.gbnf": JSON_GRAMMAR_GBNF})
     write_expert(root, manifest("short-ctx", runtime={"max_model_len": 128, "attention_kernel": "flash-v2"}))
+    # used only by tests/test_metrics.py, so its counts are exactly what that test sends
+    write_expert(root, manifest("metrics-probe", decoding={"temperature": 0, "max_tokens": 4, "validation": "json",
+                                                           "use_grammar": True, "grammar_type": "json"}))
     # valid manifest, not servable: DoRA
     write_expert(root, manifest("dora-expert", adapter={"type": "dora", "r": 8, "alpha": 16}))
     return root
