@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .artifacts import BaseInfo
 from .base import base_info, model_location
+from .embedded import default_cache_dir
 from .engine import Engine, VLLMEngine, configure_cpu_environment, known_attention_backends
 from .errors import NotReady
 from .hints import EnginePlan, plan_engine
@@ -45,6 +50,7 @@ class Gateway:
     metrics: Metrics = field(default_factory=Metrics)
     watcher: asyncio.Task | None = None
     startup_error: str | None = None
+    _staging: Path | None = None
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[..., None]] = field(default_factory=list)
 
@@ -92,7 +98,8 @@ class Gateway:
         factory = self.engine_factory or VLLMEngine.start
         self.engine = await asyncio.to_thread(factory, model, s.served_model_name, args)
         self.registry = Registry(self.engine, self.base, self.plan, platform=self.platform,
-                                 max_lora_rank=s.max_lora_rank, engine_max_model_len=self.engine_max_model_len)
+                                 max_lora_rank=s.max_lora_rank, engine_max_model_len=self.engine_max_model_len,
+                                 staging_dir=self.staging_dir)
         self.registry.on_change.append(self._update_info)
         await self.registry.load_all(s.experts_dir)
         self._update_info()
@@ -128,7 +135,17 @@ class Gateway:
         args.update(plan.engine_args)
         return args
 
+    @property
+    def staging_dir(self) -> Path:
+        if self._staging is None:
+            root = (self.settings.cache_dir or default_cache_dir()) / "adapters"
+            root.mkdir(parents=True, exist_ok=True)
+            self._staging = Path(tempfile.mkdtemp(prefix=f"serve-{os.getpid()}-", dir=root))
+        return self._staging
+
     def shutdown(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
         if self.engine is not None:
             try:
                 self.engine.shutdown()

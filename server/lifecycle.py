@@ -90,6 +90,7 @@ class Lifecycle:
             "old_version": replaced.version if replaced else None,
             "new_version": snapshot.version,
             "adapter": snapshot.lora.name if snapshot.lora else None,
+            "old_adapter": replaced.lora.name if replaced and replaced.lora else None,
             "duration_s": round(duration, 4),
             "hints": [h.to_json() for h in snapshot.hints],
         }

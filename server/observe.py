@@ -27,6 +27,19 @@ class Observation:
     _done: bool = False
     _counted_in_flight: bool = False
 
+    def attribute(self, model: object, registry: Any, served_model_name: str) -> None:
+        """Label a request that fails before it is planned (an invalid parameter, ...) with the
+        model it names, when that is a loaded expert or the base model; anything else stays
+        `expert=""`, so label values never come from unchecked client input."""
+        if not isinstance(model, str):
+            return
+        if model == served_model_name:
+            self.expert, self.version = model, "base"
+            return
+        found = registry.get(model) if registry is not None else None
+        if found is not None:
+            self.expert, self.version = found.name, found.version
+
     def bind(self, plan: PlannedChat) -> None:
         self.expert = plan.expert.name if plan.expert else plan.model
         self.version = plan.expert.version if plan.expert else "base"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .artifacts import BaseInfo, check_artifacts, grammar_location, inside
+from .artifacts import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BaseInfo, check_artifacts, grammar_location, inside,
+                        sha256_file)
 from .engine import Engine, LoRAHandle
 from .fates import FieldFate, field_fates
 from .hints import EnginePlan, HintOutcome, engine_wide_diff, hints_against_engine
@@ -104,13 +106,14 @@ def read_for_plan(experts_dir: Path) -> list[tuple[str, Manifest]]:
 
 class Registry:
     def __init__(self, engine: Engine, base: BaseInfo, plan: EnginePlan, *, platform: str,
-                 max_lora_rank: int, engine_max_model_len: int):
+                 max_lora_rank: int, engine_max_model_len: int, staging_dir: Path):
         self.engine = engine
         self.base = base
         self.plan = plan
         self.platform = platform
         self.max_lora_rank = max_lora_rank
         self.engine_max_model_len = engine_max_model_len
+        self.staging_dir = staging_dir
         self._experts: dict[str, ExpertSnapshot] = {}
         self.not_loaded: dict[str, list[str]] = {}
         self._lora_ids = itertools.count(1)  # LoRA ids and names are never reused
@@ -156,6 +159,8 @@ class Registry:
         try:
             if snapshot.lora is not None:
                 await self.engine.remove_lora(snapshot.lora)
+                if Path(snapshot.lora.path).is_relative_to(self.staging_dir):
+                    shutil.rmtree(snapshot.lora.path, ignore_errors=True)
                 log.info("expert %s %s: adapter %s removed from the engine", snapshot.name, snapshot.version,
                          snapshot.lora.name)
         finally:
@@ -253,10 +258,13 @@ class Registry:
         adapters = m.bases()[0][1]
         if adapters and report.adapter_dir is not None:
             lora_id = next(self._lora_ids)
-            lora = LoRAHandle(f"{m.name}@{m.version}#{lora_id}", lora_id, str(report.adapter_dir))
+            name = f"{m.name}@{m.version}#{lora_id}"
+            staged = await asyncio.to_thread(self._stage_adapter, report.adapter_dir, name, adapters[0].sha256)
+            lora = LoRAHandle(name, lora_id, str(staged))
             try:
                 await self.engine.add_lora(lora)
             except Exception as exc:
+                shutil.rmtree(staged, ignore_errors=True)
                 raise ExpertLoadError(m.name, [f"the engine could not load the adapter: {exc}"]) from None
 
         structured = None
@@ -287,6 +295,19 @@ class Registry:
             fates=tuple(field_fates(raw, m, report, hints)),
             hints=tuple(hints),
         )
+
+    def _stage_adapter(self, source: Path, name: str, sha256: str | None) -> Path:
+        """Copy the adapter files to a private folder the engine reads from: a version keeps
+        its own files whatever happens to the expert folder later (the engine may reload an
+        adapter from disk after evicting it from its cache)."""
+        target = self.staging_dir / name.replace("@", "_").replace("#", "_")
+        target.mkdir(parents=True, exist_ok=False)
+        for file in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copyfile(source / file, target / file)
+        if sha256 and sha256_file(target / ADAPTER_WEIGHTS) != sha256:
+            shutil.rmtree(target, ignore_errors=True)
+            raise ExpertLoadError(name, [f"{ADAPTER_WEIGHTS} changed while loading (sha256 mismatch)"])
+        return target
 
     def publish(self, snapshot: ExpertSnapshot) -> ExpertSnapshot | None:
         """Make `snapshot` current (one assignment); returns the one it replaces."""

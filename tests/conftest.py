@@ -79,6 +79,10 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
     # used only by tests/test_metrics.py, so its counts are exactly what that test sends
     write_expert(root, manifest("metrics-probe", decoding={"temperature": 0, "max_tokens": 4, "validation": "json",
                                                            "use_grammar": True, "grammar_type": "json"}))
+    # reloaded by tests/test_reload.py between two adapters; the second waits outside the folder
+    swap_a = make_lora(base_path, root / "swap", seed=2)
+    write_expert(root, manifest("swap", version="1.0.0", adapter=swap_a, decoding={"temperature": 0, "max_tokens": 8}))
+    make_lora(base_path, root.parent / f"{root.name}-swap-b", seed=3)
     # valid manifest, not servable: DoRA
     write_expert(root, manifest("dora-expert", adapter={"type": "dora", "r": 8, "alpha": 16}))
     return root
