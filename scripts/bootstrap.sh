@@ -29,7 +29,8 @@ fi
 
 echo "bootstrap: setting up $VENV for platform '$platform' (first run takes a few minutes)" >&2
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+# pip's notes about the local find-links folders are noise here
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 pip install -q --upgrade pip setuptools wheel
 
 if [ "$platform" = cpu ]; then

@@ -191,7 +191,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
                     raise NotFound(f"the model {req.model!r} does not exist", param="model", code="model_not_found")
                 obs.expert, obs.version = expert.name, expert.version
             plan = plan_chat(req, expert, prompts, engine_max_len=gw.engine_max_model_len,
-                             server_defaults=server_defaults)
+                             server_defaults=server_defaults, embeds_for_all=settings.embeds_for_all_prompts)
         except APIError as exc:
             if expert is not None:
                 await gw.registry.release(expert)

@@ -47,7 +47,7 @@ class PlannedChat:
 
 
 def plan_chat(req: ChatCompletionRequest, expert: ExpertSnapshot | None, prompts: PromptBuilder, *,
-              engine_max_len: int, server_defaults: dict[str, Any]) -> PlannedChat:
+              engine_max_len: int, server_defaults: dict[str, Any], embeds_for_all: bool) -> PlannedChat:
     """Every check and decision before the engine; `expert` None means the base model."""
     try:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
@@ -104,7 +104,7 @@ def plan_chat(req: ChatCompletionRequest, expert: ExpertSnapshot | None, prompts
         request_id=request_id,
         prompt_token_ids=token_ids,
         sampling={k: v.value for k, v in resolved.items()},
-        prompt_embeds=prompts.embeds(soft_tensor, token_ids) if soft_tensor is not None else None,
+        prompt_embeds=prompts.embeds(soft_tensor, token_ids) if soft_tensor is not None or embeds_for_all else None,
         lora=expert.lora if expert else None,
         structured=structured,
     )

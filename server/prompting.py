@@ -41,10 +41,13 @@ class PromptBuilder:
             return self._embeddings
 
     def embeds(self, soft_prompt: Any, token_ids: list[int]) -> Any:
+        """`[soft prompt ; embedding(token ids)]`, or the token embeddings alone."""
         import torch
 
         table = self.embedding_matrix
         tokens = table[torch.tensor(token_ids, dtype=torch.long)]
+        if soft_prompt is None:
+            return tokens
         return torch.cat([soft_prompt.to(tokens.dtype), tokens], dim=0)
 
 

@@ -246,13 +246,16 @@ class Registry:
         if reasons:
             raise ExpertLoadError(m.name, reasons)
 
-        soft_prompts = {}
-        for sp in m.soft_prompts:
-            from trainer.soft_prompt import load_soft_prompt
+        from trainer.soft_prompt import load_soft_prompt
 
+        soft_prompts = {}
+        for i, sp in enumerate(m.soft_prompts):
             path = inside(folder, sp.path)
             assert path is not None  # checked by check_artifacts
-            soft_prompts[sp.name] = load_soft_prompt(path).float()
+            try:
+                soft_prompts[sp.name] = load_soft_prompt(path)
+            except ValueError as exc:
+                raise ExpertLoadError(m.name, [f"soft_prompts[{i}].path: {exc}"]) from None
 
         lora = None
         adapters = m.bases()[0][1]

@@ -60,11 +60,12 @@ def resolve(request: Mapping[str, Any], expert: Mapping[str, Any], server: Mappi
     out: dict[str, Resolved] = {}
     for name in SAMPLING_FIELDS:
         if request.get(name) is not None:
-            out[name] = Resolved(request[name], "request")
+            value, source = request[name], "request"
         elif expert.get(name) is not None:
-            out[name] = Resolved(expert[name], "manifest")
+            value, source = expert[name], "manifest"
         else:
-            out[name] = Resolved(server.get(name, SERVER_DEFAULTS[name]), "server")
+            value, source = server.get(name, SERVER_DEFAULTS[name]), "server"
+        out[name] = Resolved(list(value) if isinstance(value, list) else value, source)  # never share a list
     return out
 
 

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     allow_public_without_keys: bool = Field(
         default=False, description="Allow binding a non-loopback address with no keys configured."
     )
+    embeds_for_all_prompts: bool = Field(
+        default=False,
+        description="Send every prompt to the engine as embeddings, not only those with a soft prompt "
+        "(off: token prompts, which prefix caching can reuse). Mixing both kinds is safe either way "
+        "(see server/vllm_plugin.py).",
+    )
     watch: bool = Field(default=False, description="Reload an expert automatically when its folder changes.")
     log_json: bool = Field(default=False, description="Access logs as JSON lines.")
 
