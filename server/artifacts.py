@@ -207,6 +207,11 @@ def _compare_adapter_config(report: ArtifactReport, apath: str, adapter: Adapter
     if adapter.r is not None and max_lora_rank is not None and adapter.r > max_lora_rank:
         report.note(f"{apath}.r", f"rank {adapter.r} exceeds the engine's max_lora_rank {max_lora_rank}", "refused")
         report.blockers.append(f"{apath}.r: rank {adapter.r} exceeds max_lora_rank {max_lora_rank}")
+    touched = _as_set(cfg.get("target_modules")) | _as_set(cfg.get("modules_to_save"))
+    embedding = sorted(m for m in touched if "embed" in m or m in ("lm_head", "wte"))
+    if embedding:
+        report.blockers.append(f"{apath}: the adapter changes {embedding}; adapters on the embedding layers cannot "
+                               "be served beside prompt embeddings (see server/vllm_plugin.py)")
     if adapter.target_modules is not None:
         actual_modules = cfg.get("target_modules")
         actual_set = set(actual_modules) if isinstance(actual_modules, list) else {actual_modules}
@@ -215,6 +220,14 @@ def _compare_adapter_config(report: ArtifactReport, apath: str, adapter: Adapter
                          f"manifest says {sorted(adapter.target_modules)}, {ADAPTER_CONFIG} says {sorted(map(str, actual_set))}")
         else:
             report.note(f"{apath}.target_modules", f"agrees with {ADAPTER_CONFIG}")
+
+
+def _as_set(value: Any) -> set[str]:
+    if value is None:
+        return set()
+    if isinstance(value, str):
+        return {value}
+    return {str(v) for v in value} if isinstance(value, list) else set()
 
 
 def _check_file_hash(report: ArtifactReport, fpath: str, file: Path, sha: str | None, size: int | None) -> None:
