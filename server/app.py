@@ -180,6 +180,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
                 raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
             if not isinstance(payload, dict):
                 raise InvalidRequest("the body must be a JSON object")
+            obs.attribute(payload.get("model"), gw.registry, settings.served_model_name)
             try:
                 req = ChatCompletionRequest.model_validate(payload)
             except ValidationError as err:

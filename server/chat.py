@@ -34,6 +34,7 @@ class PlannedChat:
     prompt_tokens: int
     include_usage: bool
     created: int
+    return_token_ids: bool = False
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -118,6 +119,7 @@ def plan_chat(req: ChatCompletionRequest, expert: ExpertSnapshot | None, prompts
         prompt_tokens=prompt_len,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         created=int(time.time()),
+        return_token_ids=bool(req.return_token_ids),
     )
 
 
@@ -136,7 +138,8 @@ async def complete(engine: Engine, plan: PlannedChat, is_disconnected: Callable[
     """Run to the end; a client that goes away cancels the generation (the engine aborts it)."""
 
     n = plan.generation.sampling["n"]
-    texts, tokens, finish = [""] * n, [0] * n, [None] * n
+    texts, finish = [""] * n, [None] * n
+    token_ids: list[list[int]] = [[] for _ in range(n)]
 
     async def run() -> None:
         async for step in engine.generate(plan.generation):
@@ -144,7 +147,7 @@ async def complete(engine: Engine, plan: PlannedChat, is_disconnected: Callable[
                 if c.token_ids and outcome.first_token_at is None:
                     outcome.first_token_at = time.perf_counter()
                 texts[c.index] += c.text
-                tokens[c.index] += len(c.token_ids)
+                token_ids[c.index] += c.token_ids
                 finish[c.index] = c.finish_reason or finish[c.index]
 
     task = asyncio.create_task(run())
@@ -159,23 +162,27 @@ async def complete(engine: Engine, plan: PlannedChat, is_disconnected: Callable[
         if not task.done():
             task.cancel()  # closes the engine's generator: vLLM aborts the request
     task.result()
+    completion_tokens = sum(len(t) for t in token_ids)
     outcome.prompt_tokens = plan.prompt_tokens
-    outcome.completion_tokens = sum(tokens)
+    outcome.completion_tokens = completion_tokens
     outcome.texts = texts
+    choices = []
+    for i in range(n):
+        choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": texts[i]},
+                                  "finish_reason": finish[i], "logprobs": None}
+        if plan.return_token_ids:
+            choice["token_ids"] = token_ids[i]
+        choices.append(choice)
     return {
         "id": plan.request_id,
         "object": "chat.completion",
         "created": plan.created,
         "model": plan.model,
-        "choices": [
-            {"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": finish[i],
-             "logprobs": None}
-            for i in range(n)
-        ],
+        "choices": choices,
         "usage": {
             "prompt_tokens": plan.prompt_tokens,
-            "completion_tokens": sum(tokens),
-            "total_tokens": plan.prompt_tokens + sum(tokens),
+            "completion_tokens": completion_tokens,
+            "total_tokens": plan.prompt_tokens + completion_tokens,
         },
     }
 

@@ -5,6 +5,7 @@ refused (a typo in a request is an error, as in a manifest). Extensions:
 - `top_k`, `min_p`, `repetition_penalty`: vLLM's extra sampling fields;
 - `soft_prompt`: the name of one of the expert's soft prompts to prepend, or `"none"` to
   send the prompt without one (default: the expert's first soft prompt).
+- `return_token_ids`: each choice also carries the generated `token_ids` (non-streaming).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     user: str | None = None
     soft_prompt: str | None = None
+    return_token_ids: bool | None = None
 
     @field_validator("top_k")
     @classmethod

@@ -83,9 +83,35 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
     swap_a = make_lora(base_path, root / "swap", seed=2)
     write_expert(root, manifest("swap", version="1.0.0", adapter=swap_a, decoding={"temperature": 0, "max_tokens": 8}))
     make_lora(base_path, root.parent / f"{root.name}-swap-b", seed=3)
+    # soft prompts made from the embeddings of real instructions, so their effect is visible
+    write_soft_prompt_expert(root, base_path)
     # valid manifest, not servable: DoRA
     write_expert(root, manifest("dora-expert", adapter={"type": "dora", "r": 8, "alpha": 16}))
     return root
+
+
+SOFT_PROMPTS = {"alpha": (1, 6), "beta": (2, 10)}  # name -> (seed, tokens)
+
+
+def write_soft_prompt_expert(root: Path, base_path: Path, name: str = "sp-expert") -> Path:
+    """An expert with a LoRA adapter and two soft prompts: random tensors at three times the
+    scale of the base model's token embeddings, so that each visibly changes the answers."""
+    import torch
+    from safetensors.torch import save_file
+
+    from server.prompting import load_embedding_matrix
+
+    scale = float(load_embedding_matrix(str(base_path)).float().std()) * 3
+    adapter = make_lora(base_path, root / name, seed=7, scale=0.005)
+    (root / name / "soft_prompts").mkdir(exist_ok=True)
+    entries = []
+    for sp_name, (seed, tokens) in SOFT_PROMPTS.items():
+        tensor = torch.randn(tokens, 576, generator=torch.Generator().manual_seed(seed)) * scale
+        save_file({"prompt_embeddings": tensor}, str(root / name / "soft_prompts" / f"{sp_name}.safetensors"))
+        entries.append({"name": sp_name, "path": f"soft_prompts/{sp_name}.safetensors", "tokens": tokens})
+    write_expert(root, manifest(name, version="0.1.0", adapter=adapter, soft_prompts=entries,
+                                decoding={"temperature": 0, "max_tokens": 24}))
+    return root / name
 
 
 def _start_server(experts: Path, log_path: Path, env_extra: dict[str, str] | None = None) -> RunningServer:
