@@ -226,3 +226,45 @@ def test_health_and_ready(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     r = httpx.get(server.url + "/ready")
     assert r.status_code == 200 and "lora-a" in r.json()["experts"]
+
+
+def _metric(server, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url + "/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_aborts_its_engine_request(server, stream):
+    import time
+
+    base = {"expert": server.base_model, "version": "base"}
+    gone_before = _metric(server, "expert_gateway_requests_total", status="499", **base)
+    body = {"model": server.base_model, "messages": [{"role": "user", "content": "Write a very long story."}],
+            "max_tokens": 900, "temperature": 0.8, "stream": stream}
+    started = time.time()
+    if stream:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)  # some tokens arrived: the request is generating
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", json=body, timeout=2)
+    deadline = time.time() + 20
+    while time.time() < deadline and (
+        _metric(server, "vllm:num_requests_running") > 0
+        or _metric(server, "expert_gateway_requests_in_flight", **base) > 0
+    ):
+        time.sleep(0.2)
+    assert _metric(server, "vllm:num_requests_running") == 0
+    assert _metric(server, "expert_gateway_requests_in_flight", **base) == 0
+    assert _metric(server, "expert_gateway_requests_total", status="499", **base) == gone_before + 1
+    # 900 tokens take far longer than this here: the engine stopped generating them
+    assert time.time() - started < 25
