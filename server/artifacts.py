@@ -11,12 +11,12 @@ served. Nothing here imports fastapi or vllm; torch only to read `.pt` soft prom
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .embedded import sha256_file
 from .grammar import compile_gbnf
 from .manifest import MANIFEST_FILENAME, Adapter, Manifest
 
@@ -87,14 +87,6 @@ class ArtifactReport:
     def error(self, path: str, message: str) -> None:
         self.errors.append((path, message))
         self.findings[path] = Finding("refused", message)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def inside(root: Path, relative: str) -> Path | None:

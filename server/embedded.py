@@ -47,7 +47,7 @@ def gguf_path() -> Path:
     raise EmbeddedModelError(f"{GGUF_FILENAME} not found in the {GGUF_PACKAGE} package")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -88,13 +88,13 @@ def prepare(cache_dir: Path | None = None, *, verify_hashes: bool = False) -> Pa
     try:
         _convert(source, tmp)
         files = {
-            p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(tmp.iterdir())
             if p.is_file()
         }
         (tmp / _MARKER).write_text(
             json.dumps(
-                {"format": _FORMAT, "model_id": EMBEDDED_MODEL_ID, "gguf_sha256": _sha256(source), "files": files},
+                {"format": _FORMAT, "model_id": EMBEDDED_MODEL_ID, "gguf_sha256": sha256_file(source), "files": files},
                 indent=2,
             )
         )
@@ -114,7 +114,7 @@ def verify(target: Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return all(
-        (target / name).is_file() and _sha256(target / name) == meta["sha256"]
+        (target / name).is_file() and sha256_file(target / name) == meta["sha256"]
         for name, meta in info.get("files", {}).items()
     )
 

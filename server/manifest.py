@@ -175,12 +175,7 @@ class Decoding(_Strict):
     validation: str | None = None
     validation_cmd: str | None = None
 
-    @field_validator("top_k")
-    @classmethod
-    def _top_k(cls, v: int | None) -> int | None:
-        if v is not None and v != -1 and v < 1:
-            raise ValueError("top_k must be >= 1, or -1 for no limit")
-        return v
+    _top_k = field_validator("top_k")(classmethod(lambda cls, v: check_top_k(v)))
 
     @field_validator("stop_sequences")
     @classmethod
@@ -436,6 +431,13 @@ class Manifest(_Strict):
         if self.constraints and self.constraints.load_order is not None:
             return self.constraints.load_order
         return 0
+
+
+def check_top_k(v: int | None) -> int | None:
+    """top_k is >= 1, or -1 for no limit (vLLM's convention); shared with the request model."""
+    if v is not None and v != -1 and v < 1:
+        raise ValueError("top_k must be >= 1, or -1 for no limit")
+    return v
 
 
 def _check_sha256(v: str | None) -> str | None:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .manifest import check_top_k
+
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -88,12 +90,7 @@ class ChatCompletionRequest(BaseModel):
     soft_prompt: str | None = None
     return_token_ids: bool | None = None
 
-    @field_validator("top_k")
-    @classmethod
-    def _top_k(cls, v: int | None) -> int | None:
-        if v is not None and v != -1 and v < 1:
-            raise ValueError("top_k must be >= 1, or -1 for no limit")
-        return v
+    _top_k = field_validator("top_k")(classmethod(lambda cls, v: check_top_k(v)))
 
     @field_validator("stop")
     @classmethod
