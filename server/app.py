@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .auth import KeyRing, Role
 from .chat import Outcome, complete, plan_chat, stream
 from .observe import Observation
-from .errors import APIError, InvalidRequest, NotFound, NotReady, PayloadTooLarge
+from .errors import APIError, InvalidRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge
 from .gateway import EngineFactory, Gateway
 from .manifest import is_plain_name
 from .protocol import ChatCompletionRequest
@@ -94,12 +94,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         if exc.status_code == 404:
             return _error_response(NotFound(f"no route {request.method} {request.url.path}"))
         if exc.status_code == 405:
-            err = APIError(f"method {request.method} not allowed on {request.url.path}")
-            err.status, err.type = 405, "invalid_request_error"
-            return _error_response(err)
-        err = APIError(str(exc.detail))
-        err.status = exc.status_code
-        return _error_response(err)
+            return _error_response(MethodNotAllowed(f"method {request.method} not allowed on {request.url.path}"))
+        log.warning("HTTP %s on %s %s: %s", exc.status_code, request.method, request.url.path, exc.detail)
+        return _error_response(InvalidRequest(str(exc.detail)))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

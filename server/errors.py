@@ -5,6 +5,7 @@
     ├── Unauthorized              401 authentication_error
     ├── Forbidden                 403 permission_error
     ├── NotFound                  404 not_found_error         (unknown model / expert)
+    ├── MethodNotAllowed          405 invalid_request_error
     ├── Conflict                  409 conflict_error          (needs an engine restart)
     ├── PayloadTooLarge           413 invalid_request_error
     ├── Unprocessable             422 invalid_expert          (expert folder fails validation)
@@ -53,6 +54,10 @@ class Forbidden(APIError):
 
 class NotFound(APIError):
     status, type = 404, "not_found_error"
+
+
+class MethodNotAllowed(APIError):
+    status, type = 405, "invalid_request_error"
 
 
 class Conflict(APIError):

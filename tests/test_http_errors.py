@@ -249,3 +249,12 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
     from server.serve import serve
 
     assert serve(Settings(host="0.0.0.0", experts_dir=tmp_path)) == 2
+
+
+def test_unknown_route_and_wrong_method(experts):
+    async def go(client, gw):
+        return await client.get("/v2/nothing"), await client.get("/v1/chat/completions")
+
+    (missing, wrong), _ = call(experts, go)
+    assert_error(missing, 404)
+    assert_error(wrong, 405)
