@@ -95,7 +95,7 @@ class VLLMEngine:
 
     @property
     def dead(self) -> bool:
-        return self._dead or bool(getattr(self._llm, "errored", False))
+        return self._dead or self._llm is None or bool(getattr(self._llm, "errored", False))
 
     def _sampling_params(self, req: GenerationRequest) -> Any:
         from vllm import SamplingParams
@@ -176,4 +176,11 @@ class VLLMEngine:
         await self._llm.check_health()
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        import gc
+
+        llm, self._llm = self._llm, None
+        self._dead = True
+        if llm is not None:
+            llm.shutdown()
+            del llm
+            gc.collect()  # AsyncLLM.__del__ shuts down again: let it run now, not at interpreter exit
