@@ -21,6 +21,16 @@ BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HIDDEN = 576
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny model runs are dominated by small ops: one thread is as fast when the machine
+    is idle and many times faster when other processes share the cores (OpenMP spin-waits)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _manifest(**overrides) -> dict:
     m = {
         "schema_version": "2.0",
@@ -231,6 +241,7 @@ class _Payload:
         return (os.mkdir, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_load_soft_prompt_refuses_arbitrary_pickles(tmp_path):
     marker = tmp_path / "pickle-ran"
     torch.save({"prompt_embeddings": _Payload(str(marker))}, tmp_path / "evil.pt")
@@ -308,3 +319,17 @@ def test_reference_generation_uses_adapter_and_soft_prompt(trained):
             e = torch.cat([full.soft_prompt[None], embed(torch.tensor([seq]))], dim=1)
             assert int(model(inputs_embeds=e).logits[0, -1].argmax()) == t
             seq.append(t)
+
+
+def test_same_seed_reproduces_the_adapter(trained, tmp_path):
+    expert, code = trained
+    assert code == 0
+    again = make_expert(tmp_path)
+    assert run_train(again, max_steps=2) == 0
+    first = load_file(str(expert / "adapter_model.safetensors"))
+    second = load_file(str(again / "adapter_model.safetensors"))
+    assert first.keys() == second.keys()
+    assert all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)
+    a = load_file(str(expert / "soft_prompts" / "sp.safetensors"))["prompt_embeddings"]
+    b = load_file(str(again / "soft_prompts" / "sp.safetensors"))["prompt_embeddings"]
+    assert torch.allclose(a, b, atol=1e-6)

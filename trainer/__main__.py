@@ -1,0 +1,7 @@
+"""`python -m trainer EXPERT_DIR [--max-steps N] [--device cpu|cuda] [--seed S]`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
