@@ -56,9 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.cli import run_train
+    from trainer.cli import run_from_args
 
-    return run_train(Path(args.expert_dir), max_steps=args.max_steps, device=args.device)
+    return run_from_args(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

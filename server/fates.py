@@ -45,7 +45,7 @@ TRAINER_KEYS = {
     "warmup_steps": "warm-up steps",
     "warmup_ratio": "warm-up ratio",
     "lr_scheduler": "learning-rate schedule (linear, cosine, constant)",
-    "max_seq_length": "truncation length",
+    "max_seq_length": "longest row in tokens (a longer row is refused with its line number)",
     "seed": "random seed",
     "logging_steps": "progress-bar loss interval",
 }
