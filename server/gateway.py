@@ -101,11 +101,13 @@ class Gateway:
                                  max_lora_rank=s.max_lora_rank, engine_max_model_len=self.engine_max_model_len,
                                  staging_dir=self.staging_dir)
         self.registry.on_change.append(self._update_info)
+        self.lifecycle = Lifecycle(self.registry, s.experts_dir, self.metrics)
+        # the folders as they are loaded: a change from here on is seen by the watcher
+        baseline = await asyncio.to_thread(self.lifecycle.fingerprints) if s.watch else {}
         await self.registry.load_all(s.experts_dir)
         self._update_info()
-        self.lifecycle = Lifecycle(self.registry, s.experts_dir, self.metrics)
         if s.watch:
-            self.watcher = asyncio.create_task(self.lifecycle.watch())
+            self.watcher = asyncio.create_task(self.lifecycle.watch(baseline))
         loaded = [x.name for x in self.registry.all()]
         log.info("ready: base %s, %d expert(s) loaded %s, %d not loaded %s", s.served_model_name, len(loaded),
                  loaded, len(self.registry.not_loaded), sorted(self.registry.not_loaded))

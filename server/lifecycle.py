@@ -121,31 +121,32 @@ class Lifecycle:
                 h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()
 
-    async def watch(self, interval: float = 1.0, settle: float = 2.0) -> None:
-        """Reload an expert whose folder changed and then stayed unchanged for `settle` seconds."""
-        seen: dict[str, str] = {}
+    def fingerprints(self) -> dict[str, str]:
+        """The state of every expert folder now (taken when the experts are loaded)."""
+        if not self.experts_dir.is_dir():
+            return {}
+        return {p.name: self.fingerprint(p) for p in self.experts_dir.iterdir() if p.is_dir() and is_plain_name(p.name)}
+
+    async def watch(self, seen: dict[str, str], interval: float = 1.0, settle: float = 2.0) -> None:
+        """Reload an expert whose folder changed since `seen` and then stayed unchanged for `settle` seconds."""
+        seen = dict(seen)
         pending: dict[str, tuple[str, float]] = {}
-        for p in self.experts_dir.iterdir() if self.experts_dir.is_dir() else []:
-            if p.is_dir() and is_plain_name(p.name):
-                seen[p.name] = await asyncio.to_thread(self.fingerprint, p)
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for p in self.experts_dir.iterdir() if self.experts_dir.is_dir() else []:
-                if not (p.is_dir() and is_plain_name(p.name)):
+            current = await asyncio.to_thread(self.fingerprints)
+            for name, fp in current.items():
+                if seen.get(name) == fp:
+                    pending.pop(name, None)
                     continue
-                fp = await asyncio.to_thread(self.fingerprint, p)
-                if seen.get(p.name) == fp:
-                    pending.pop(p.name, None)
-                    continue
-                if p.name not in pending or pending[p.name][0] != fp:
-                    pending[p.name] = (fp, now)  # changed: wait until it settles
-                elif now - pending[p.name][1] >= settle:
-                    pending.pop(p.name)
-                    seen[p.name] = fp
+                if name not in pending or pending[name][0] != fp:
+                    pending[name] = (fp, now)  # changed: wait until it settles
+                elif now - pending[name][1] >= settle:
+                    pending.pop(name)
+                    seen[name] = fp
                     try:
-                        result = await self.reload(p.name)
-                        log.info("watch: reloaded %s (%s -> %s)", p.name, result["old_version"], result["new_version"])
+                        result = await self.reload(name)
+                        log.info("watch: reloaded %s (%s -> %s)", name, result["old_version"], result["new_version"])
                     except Exception as exc:  # reported, and the old version keeps serving
                         details = getattr(exc, "details", None)
-                        log.warning("watch: %s not reloaded: %s %s", p.name, exc, details or "")
+                        log.warning("watch: %s not reloaded: %s %s", name, exc, details or "")
