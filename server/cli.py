@@ -62,6 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from .evaluate import run_eval
 
     return run_eval(Path(args.expert_dir), as_json=args.json, limit=args.limit)
@@ -113,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # stdout is for results (tables, JSON); vLLM's logs, in every process it starts, go to stderr
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
