@@ -121,3 +121,21 @@ def evaluate(model: torch.nn.Module, examples: list[Example], batch_size: int, p
             total += model(**batch).loss.item() * n
         count += n
     return total / max(1, count)
+
+
+def run_phase(model: torch.nn.Module, examples: list[Example], validation: list[Example] | None, plan, *,
+              pad_id: int, learning_rate: float, desc: str) -> PhaseResult:
+    """Train the parameters of `model` that require gradients, as the plan says; then the
+    validation loss, when there is a validation set."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps = plan.steps(len(examples))
+    result = train(
+        model, params, examples,
+        steps=steps, batch_size=plan.batch_size, grad_accum=plan.grad_accum, learning_rate=learning_rate,
+        warmup=plan.warmup(steps), scheduler=plan.scheduler, pad_id=pad_id, seed=plan.seed,
+        device=plan.device, desc=desc, logging_steps=plan.logging_steps,
+    )
+    if validation:
+        loss = evaluate(model, validation, plan.batch_size, pad_id, plan.device)
+        result = PhaseResult(result.steps, result.final_loss, result.first_loss, result.seconds, loss)
+    return result

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .data import Example
-from .loop import PhaseResult, evaluate, train
+from .loop import PhaseResult, run_phase
 from .plan import LoraPlan, TrainPlan
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -54,27 +54,7 @@ def train_lora(
         from .loop import TrainError
 
         raise TrainError(f"cannot apply the LoRA adapter to {plan.base_name}: {exc}") from None
-    params = [p for p in model.parameters() if p.requires_grad]
-    steps = plan.steps(len(examples))
-    result = train(
-        model,
-        params,
-        examples,
-        steps=steps,
-        batch_size=plan.batch_size,
-        grad_accum=plan.grad_accum,
-        learning_rate=plan.lora_lr,
-        warmup=plan.warmup(steps),
-        scheduler=plan.scheduler,
-        pad_id=pad_id,
-        seed=plan.seed,
-        device=plan.device,
-        desc="phase 1 lora",
-        logging_steps=plan.logging_steps,
-    )
-    if validation:
-        loss = evaluate(model, validation, plan.batch_size, pad_id, plan.device)
-        result = PhaseResult(result.steps, result.final_loss, result.first_loss, result.seconds, loss)
+    result = run_phase(model, examples, validation, plan, pad_id=pad_id, learning_rate=plan.lora_lr, desc="phase 1 lora")
     save_adapter(model, out_dir, plan.base_name)
     return result
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .data import Example
-from .loop import PhaseResult, evaluate, train
+from .loop import PhaseResult, run_phase
 from .plan import TrainPlan
 
 
@@ -51,26 +51,6 @@ def train_soft_prompt(
         model = PeftModel.from_pretrained(model, str(lora_dir)).merge_and_unload()
     torch.manual_seed(plan.seed)  # RANDOM / SAMPLE_VOCAB initialisation
     model = get_peft_model(model, prompt_tuning_config(plan, base_source))
-    params = [p for p in model.parameters() if p.requires_grad]
-    steps = plan.steps(len(examples))
-    result = train(
-        model,
-        params,
-        examples,
-        steps=steps,
-        batch_size=plan.batch_size,
-        grad_accum=plan.grad_accum,
-        learning_rate=plan.prompt_lr,
-        warmup=plan.warmup(steps),
-        scheduler=plan.scheduler,
-        pad_id=pad_id,
-        seed=plan.seed,
-        device=plan.device,
-        desc="phase 2 soft prompt",
-        logging_steps=plan.logging_steps,
-    )
-    if validation:
-        loss = evaluate(model, validation, plan.batch_size, pad_id, plan.device)
-        result = PhaseResult(result.steps, result.final_loss, result.first_loss, result.seconds, loss)
+    result = run_phase(model, examples, validation, plan, pad_id=pad_id, learning_rate=plan.prompt_lr, desc="phase 2 soft prompt")
     embeddings = model.get_prompt_embedding_to_save("default").detach().to("cpu", torch.float32)
     return embeddings, result
