@@ -1,0 +1,67 @@
+"""The experts the benchmark serves, built in a scratch folder with the test factory:
+four LoRA experts, one soft-prompt expert (LoRA + two soft prompts), and `swap`, reloaded
+between two adapters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+LORA_EXPERTS = ["bench-lora-1", "bench-lora-2", "bench-lora-3", "bench-lora-4"]
+SOFT_PROMPT_EXPERT = "sp-expert"
+SWAP_EXPERT = "swap"
+
+
+@dataclass
+class ExpertSet:
+    root: Path  # the experts folder served
+    lora_dirs: dict[str, Path]  # LoRA expert -> its adapter folder (for vLLM's --lora-modules)
+    swap_a: Path  # the two adapters `swap` alternates between (outside the experts folder)
+    swap_b: Path
+
+
+def build(work: Path, base_path: Path) -> ExpertSet:
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import write_soft_prompt_expert  # noqa: E402 - the tests' own factories
+    from experts_factory import make_lora, manifest, write_expert  # noqa: E402
+
+    root = work / "experts"
+    root.mkdir(parents=True)
+    lora_dirs = {}
+    for i, name in enumerate(LORA_EXPERTS, start=1):
+        entry = make_lora(base_path, root / name, seed=100 + i)
+        write_expert(root, manifest(name, version="1.0.0", adapter=entry))
+        lora_dirs[name] = root / name
+    write_soft_prompt_expert(root, base_path, name=SOFT_PROMPT_EXPERT)
+    swap_entry = make_lora(base_path, root / SWAP_EXPERT, seed=2)
+    write_expert(root, manifest(SWAP_EXPERT, version="1.0.0", adapter=swap_entry))
+    swap_a, swap_b = work / "swap-a", work / "swap-b"
+    swap_a.mkdir()
+    for f in ADAPTER_FILES:
+        shutil.copyfile(root / SWAP_EXPERT / f, swap_a / f)
+    make_lora(base_path, swap_b, seed=3)
+    return ExpertSet(root, lora_dirs, swap_a, swap_b)
+
+
+def install(folder: Path, source: Path, version: str) -> None:
+    """Put `source`'s adapter into the expert folder under a new version (as tests/test_reload.py does:
+    files replaced atomically, manifest version and adapter sha256/size updated)."""
+    for f in ADAPTER_FILES:
+        tmp = folder / f".{f}.tmp"
+        shutil.copyfile(source / f, tmp)
+        tmp.replace(folder / f)
+    data = json.loads((folder / "manifest.json").read_text())
+    data["version"] = version
+    adapter = data["base_models"][0]["adapters"][0]
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    adapter["sha256"] = hashlib.sha256(weights).hexdigest()
+    adapter["size_bytes"] = len(weights)
+    tmp = folder / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(folder / "manifest.json")
