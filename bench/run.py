@@ -557,7 +557,7 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         f"servers ({res['settings']['engine_args']}). Streaming chat, temperature 0, max_tokens "
         f"{res['settings']['max_tokens']}, fixed prompts; tokens counted from the stream (usage-corrected). "
         f"Closed loop: client i starts {res['settings']['stagger_s']} s after client i-1 (0.25 s at 32 clients), "
-        f"then {res['settings']['warmup_s']:.0f} s more warm-up and a {res['settings']['window_s']:.0f} s window "
+        f"then {res['settings']['warmup_s']:.0f} s more warm-up and a measured window of {res['settings']['window_s']:.0f} s "
         f"({res['settings']['window_s_32']:.0f} s at 32 clients); sides alternate A B A B .... tok/s = median "
         "of a side's runs; ratios (throughput, TTFT p50) = median of the per-pair ratios (A_i / B_i, run back to "
         "back), over the *matched* pairs (other jobs took within 0.25 cores of each other during the two runs, "
