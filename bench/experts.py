@@ -4,15 +4,11 @@ between two adapters."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 LORA_EXPERTS = ["bench-lora-1", "bench-lora-2", "bench-lora-3", "bench-lora-4"]
 SOFT_PROMPT_EXPERT = "sp-expert"
 SWAP_EXPERT = "swap"
@@ -27,9 +23,7 @@ class ExpertSet:
 
 
 def build(work: Path, base_path: Path) -> ExpertSet:
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import write_soft_prompt_expert  # noqa: E402 - the tests' own factories
-    from experts_factory import make_lora, manifest, write_expert  # noqa: E402
+    from trainer.synthetic import ADAPTER_FILES, make_lora, manifest, write_expert, write_soft_prompt_expert
 
     root = work / "experts"
     root.mkdir(parents=True)
@@ -47,21 +41,3 @@ def build(work: Path, base_path: Path) -> ExpertSet:
         shutil.copyfile(root / SWAP_EXPERT / f, swap_a / f)
     make_lora(base_path, swap_b, seed=3)
     return ExpertSet(root, lora_dirs, swap_a, swap_b)
-
-
-def install(folder: Path, source: Path, version: str) -> None:
-    """Put `source`'s adapter into the expert folder under a new version (as tests/test_reload.py does:
-    files replaced atomically, manifest version and adapter sha256/size updated)."""
-    for f in ADAPTER_FILES:
-        tmp = folder / f".{f}.tmp"
-        shutil.copyfile(source / f, tmp)
-        tmp.replace(folder / f)
-    data = json.loads((folder / "manifest.json").read_text())
-    data["version"] = version
-    adapter = data["base_models"][0]["adapters"][0]
-    weights = (folder / "adapter_model.safetensors").read_bytes()
-    adapter["sha256"] = hashlib.sha256(weights).hexdigest()
-    adapter["size_bytes"] = len(weights)
-    tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(folder / "manifest.json")

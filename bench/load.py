@@ -22,8 +22,9 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -155,10 +156,20 @@ def _ms(x: float | None) -> float | None:
     return None if x is None else round(x * 1000, 1)
 
 
-async def run_load(url: str, *, clients: int, warmup_s: float, window_s: float, max_tokens: int = 64,
-                   pick: Callable[[int, int], tuple[str, dict[str, Any] | None]] | None = None,
-                   model: str = "", on_window: Callable[[], Any] | None = None, stagger_s: float = 0.0,
-                   records: list | None = None, probe: Callable[[], Any] | None = None) -> LoadResult:
+async def run_load(
+    url: str,
+    *,
+    clients: int,
+    warmup_s: float,
+    window_s: float,
+    max_tokens: int = 64,
+    pick: Callable[[int, int], tuple[str, dict[str, Any] | None]] | None = None,
+    model: str = "",
+    on_window: Callable[[], Any] | None = None,
+    stagger_s: float = 0.0,
+    records: list | None = None,
+    probe: Callable[[], Any] | None = None,
+) -> LoadResult:
     """`pick(client, k)` -> (model, extra body fields) of a client's k-th request (default: `model`).
     `on_window`, if given, is awaited once the window opens (the load runs meanwhile); the window
     then lasts at least `window_s` and until it returns. `records`, if given, receives
@@ -173,6 +184,7 @@ async def run_load(url: str, *, clients: int, warmup_s: float, window_s: float, 
     stop = asyncio.Event()
 
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+
         async def worker(c: int) -> None:
             await asyncio.sleep(c * stagger_s)
             k = 0
@@ -224,5 +236,17 @@ async def run_load(url: str, *, clients: int, warmup_s: float, window_s: float, 
     for _, rec in records:
         ch = [t for t in rec.chunks if w0 <= t <= w1]
         itl += [b - a for a, b in zip(ch, ch[1:])]
-    return LoadResult(clients, w1 - w0, tokens, started, finished, failures, ttft, itl,
-                      statistics.mean(finished_tokens) if finished_tokens else None, per_model, records, probes)
+    return LoadResult(
+        clients,
+        w1 - w0,
+        tokens,
+        started,
+        finished,
+        failures,
+        ttft,
+        itl,
+        statistics.mean(finished_tokens) if finished_tokens else None,
+        per_model,
+        records,
+        probes,
+    )

@@ -78,7 +78,7 @@ def ceiling(bw: dict[str, Any], params: int, dtype: str) -> dict[str, Any]:
 if __name__ == "__main__":
     import json
 
-    from server.embedded import prepare
+    from server.manifest.embedded import prepare
 
     bw = bandwidth()
     print(json.dumps({**bw, **ceiling(bw, weight_params(prepare()), "bfloat16")}, indent=2))

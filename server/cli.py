@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .settings import Settings, detect_platform
+from server.settings import Settings, detect_platform
 
 
 def _settings(**overrides: object) -> Settings:
@@ -15,27 +15,32 @@ def _settings(**overrides: object) -> Settings:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .base import base_info
-    from .validate import render_json, render_text, validate_path
+    from server.experts.base_model import base_info
+    from server.manifest.validate import render_json, render_text, validate_path
 
     settings = _settings(model=args.model)
     base = base_info(settings)
     defaults = settings.engine_defaults()
-    result = validate_path(Path(args.path), base, platform=detect_platform(settings),
-                           engine_defaults=defaults, max_lora_rank=settings.max_lora_rank)
+    result = validate_path(
+        Path(args.path),
+        base,
+        platform=detect_platform(settings),
+        engine_defaults=defaults,
+        max_lora_rank=settings.max_lora_rank,
+    )
     print(render_json(result) if args.json else render_text(result, args.strict))
     return result.exit_code(args.strict)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .manifest import json_schema
+    from server.manifest.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from . import embedded
+    from server.manifest import embedded
 
     settings = _settings()
     try:
@@ -48,24 +53,32 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from server.commands.serve import serve
 
-    settings = _settings(experts_dir=args.experts_dir, model=args.model, host=args.host, port=args.port,
-                         dtype=args.dtype, watch=args.watch or None)
+    settings = _settings(
+        experts_dir=args.experts_dir,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        dtype=args.dtype,
+        watch=args.watch or None,
+    )
     return serve(settings)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.cli import run_from_args
+def run_trainer(argv: list[str]) -> int:
+    """`expert train ARGS` is `python -m trainer ARGS`: the trainer is its own program (the server
+    never imports it), installed in the same environment."""
+    import subprocess
 
-    return run_from_args(args)
+    return subprocess.call([sys.executable, "-m", "trainer", *argv])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from .evaluate import run_eval
+    from server.commands.evaluate import run_eval
 
     return run_eval(Path(args.expert_dir), as_json=args.json, limit=args.limit)
 
@@ -76,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the experts over the OpenAI API")
     p.add_argument("--experts-dir", type=Path, help="folder of expert folders (default: ./experts)")
-    p.add_argument("--model", help="base model: Hugging Face folder or id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model", help="base model: Hugging Face folder or id (default: the embedded SmolLM2-135M-Instruct)"
+    )
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default 8000)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
@@ -94,18 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("model", help="the embedded default model")
-    p.add_argument("action", choices=["path", "prepare"], help="path: print its folder (preparing it if needed); "
-                   "prepare: make it and verify every file's sha256")
+    p.add_argument(
+        "action",
+        choices=["path", "prepare"],
+        help="path: print its folder (preparing it if needed); prepare: make it and verify every file's sha256",
+    )
     p.set_defaults(func=cmd_model)
 
-    p = sub.add_parser("train", help="train an expert's LoRA adapter and soft prompt")
-    try:
-        from trainer.cli import add_arguments
-    except ImportError:  # the trainer is part of the same distribution; keep serving usable without it
-        add_arguments = None
-    if add_arguments is not None:
-        add_arguments(p)
-    p.set_defaults(func=cmd_train)
+    # listed for `expert --help`; its arguments (and its --help) are the trainer's own: see main()
+    sub.add_parser("train", help="train an expert's LoRA adapter and soft prompt (python -m trainer)", add_help=False)
 
     p = sub.add_parser("eval", help="run an expert's test cases through the engine, per variant")
     p.add_argument("expert_dir")
@@ -120,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # stdout is for results (tables, JSON); vLLM's logs, in every process it starts, go to stderr
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        return run_trainer(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .embedded import EMBEDDED_MODEL_ID
+from server.manifest.embedded import EMBEDDED_MODEL_ID
 
 
 class Settings(BaseSettings):
@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list, description="Client keys (inference).")
     admin_keys: list[str] = Field(default_factory=list, description="Admin keys (inference and lifecycle).")
     keys_file: Path | None = Field(
-        default=None, description="JSON file {\"client\": [sha256...], \"admin\": [sha256...]} of hashed keys."
+        default=None, description='JSON file {"client": [sha256...], "admin": [sha256...]} of hashed keys.'
     )
     allow_public_without_keys: bool = Field(
         default=False, description="Allow binding a non-loopback address with no keys configured."
@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default=False,
         description="Send every prompt to the engine as embeddings, not only those with a soft prompt "
         "(off: token prompts, which prefix caching can reuse). Mixing both kinds is safe either way "
-        "(see server/vllm_plugin.py).",
+        "(see server/engine/plugin.py).",
     )
     watch: bool = Field(default=False, description="Reload an expert automatically when its folder changes.")
     log_json: bool = Field(default=False, description="Access logs as JSON lines.")

@@ -10,30 +10,29 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from experts_factory import make_lora, manifest, write_expert  # noqa: E402
+from trainer.synthetic import make_lora, manifest, write_expert, write_soft_prompt_expert
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference" / "hivellm"
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "hivellm"
 EXPERT_BIN = Path(sys.executable).parent / "expert"
 
-JSON_GRAMMAR_GBNF = r'''
+JSON_GRAMMAR_GBNF = r"""
 root ::= "{" ws "\"answer\"" ws ":" ws string ws "}"
 string ::= "\"" [a-zA-Z0-9 ,.]{1,40} "\""
 ws ::= [ ]?
-'''
+"""
 
 
 @pytest.fixture(scope="session")
 def base_path() -> Path:
-    from server.embedded import prepare
+    from server.manifest.embedded import prepare
 
     return prepare()
 
@@ -67,18 +66,46 @@ class RunningServer:
 def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Path:
     root = tmp_path_factory.mktemp("experts")
     lora_a = make_lora(base_path, root / "lora-a", seed=1)
-    write_expert(root, manifest("lora-a", version="1.0.0", adapter=lora_a,
-                                decoding={"temperature": 0.1, "max_tokens": 12}))
+    write_expert(
+        root, manifest("lora-a", version="1.0.0", adapter=lora_a, decoding={"temperature": 0.1, "max_tokens": 12})
+    )
     write_expert(root, manifest("stopper", decoding={"stop_sequences": ["Paris"], "temperature": 0.0}))
-    write_expert(root, manifest("jsoner", decoding={"use_grammar": True, "grammar_type": "json",
-                                                    "validation": "json", "temperature": 0.7, "max_tokens": 200}))
-    write_expert(root, manifest("gbnf-expert", decoding={"use_grammar": True, "grammar_type": "gbnf",
-                                                         "grammar_file": "grammar.gbnf", "max_tokens": 40}),
-                 files={"grammar.gbnf": JSON_GRAMMAR_GBNF})
+    write_expert(
+        root,
+        manifest(
+            "jsoner",
+            decoding={
+                "use_grammar": True,
+                "grammar_type": "json",
+                "validation": "json",
+                "temperature": 0.7,
+                "max_tokens": 200,
+            },
+        ),
+    )
+    write_expert(
+        root,
+        manifest(
+            "gbnf-expert",
+            decoding={"use_grammar": True, "grammar_type": "gbnf", "grammar_file": "grammar.gbnf", "max_tokens": 40},
+        ),
+        files={"grammar.gbnf": JSON_GRAMMAR_GBNF},
+    )
     write_expert(root, manifest("short-ctx", runtime={"max_model_len": 128, "attention_kernel": "flash-v2"}))
     # used only by tests/test_metrics.py, so its counts are exactly what that test sends
-    write_expert(root, manifest("metrics-probe", decoding={"temperature": 0, "max_tokens": 4, "validation": "json",
-                                                           "use_grammar": True, "grammar_type": "json"}))
+    write_expert(
+        root,
+        manifest(
+            "metrics-probe",
+            decoding={
+                "temperature": 0,
+                "max_tokens": 4,
+                "validation": "json",
+                "use_grammar": True,
+                "grammar_type": "json",
+            },
+        ),
+    )
     # reloaded by tests/test_reload.py between two adapters; the second waits outside the folder
     swap_a = make_lora(base_path, root / "swap", seed=2)
     write_expert(root, manifest("swap", version="1.0.0", adapter=swap_a, decoding={"temperature": 0, "max_tokens": 8}))
@@ -90,37 +117,16 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
     return root
 
 
-SOFT_PROMPTS = {"alpha": (1, 6), "beta": (2, 10)}  # name -> (seed, tokens)
-
-
-def write_soft_prompt_expert(root: Path, base_path: Path, name: str = "sp-expert") -> Path:
-    """An expert with a LoRA adapter and two soft prompts: random tensors at three times the
-    scale of the base model's token embeddings, so that each visibly changes the answers."""
-    import torch
-    from safetensors.torch import save_file
-
-    from server.prompting import load_embedding_matrix
-
-    scale = float(load_embedding_matrix(str(base_path)).float().std()) * 3
-    adapter = make_lora(base_path, root / name, seed=7, scale=0.005)
-    (root / name / "soft_prompts").mkdir(exist_ok=True)
-    entries = []
-    for sp_name, (seed, tokens) in SOFT_PROMPTS.items():
-        tensor = torch.randn(tokens, 576, generator=torch.Generator().manual_seed(seed)) * scale
-        save_file({"prompt_embeddings": tensor}, str(root / name / "soft_prompts" / f"{sp_name}.safetensors"))
-        entries.append({"name": sp_name, "path": f"soft_prompts/{sp_name}.safetensors", "tokens": tokens})
-    write_expert(root, manifest(name, version="0.1.0", adapter=adapter, soft_prompts=entries,
-                                decoding={"temperature": 0, "max_tokens": 24}))
-    return root / name
-
-
 def _start_server(experts: Path, log_path: Path, env_extra: dict[str, str] | None = None) -> RunningServer:
     port = free_port()
     env = {**os.environ, "EXPERT_DTYPE": "float32", "EXPERT_MAX_MODEL_LEN": "1024", **(env_extra or {})}
     log_file = log_path.open("w")
     proc = subprocess.Popen(
         [str(EXPERT_BIN), "serve", "--experts-dir", str(experts), "--port", str(port)],
-        stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300

@@ -1,17 +1,18 @@
-"""A hand-written engine with the interface of server.engine.Engine, for tests of the HTTP
+"""A hand-written engine with the interface of server.engine.vllm_engine.Engine, for tests of the HTTP
 layer (errors, auth, names, lifecycle bookkeeping) that must not depend on generation."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-from server.engine import Completion, GenerationRequest, GenerationStep, LoRAHandle
+from server.engine.vllm_engine import Completion, GenerationRequest, GenerationStep, LoRAHandle
 
 
 class FakeEngine:
-    def __init__(self, words: tuple[str, ...] = ("Hello", " world", "."), fail_after: int | None = None,
-                 delay: float = 0.0):
+    def __init__(
+        self, words: tuple[str, ...] = ("Hello", " world", "."), fail_after: int | None = None, delay: float = 0.0
+    ):
         self.words = words
         self.fail_after = fail_after
         self.delay = delay

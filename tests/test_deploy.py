@@ -76,7 +76,8 @@ def _hadolint(path: Path, tmp_path: Path) -> tuple[int, list[dict], str]:
 
 def _kubernetes_validate():
     return pytest.importorskip(
-        "kubernetes_validate", reason="kubernetes-validate is not installed (dev extra: pip install kubernetes-validate)"
+        "kubernetes_validate",
+        reason="kubernetes-validate is not installed (dev extra: pip install kubernetes-validate)",
     )
 
 
@@ -287,7 +288,8 @@ def test_servicemonitor():
     selected = [
         svc
         for svc in _by_kind("Service")
-        if svc["metadata"].get("namespace") in spec.get("namespaceSelector", {}).get("matchNames", [sm["metadata"]["namespace"]])
+        if svc["metadata"].get("namespace")
+        in spec.get("namespaceSelector", {}).get("matchNames", [sm["metadata"]["namespace"]])
         and _selects(spec["selector"]["matchLabels"], svc["metadata"].get("labels", {}))
     ]
     # Exactly one Service: selecting the headless one too would scrape every pod twice.
@@ -382,7 +384,9 @@ def test_deployment_keys_come_from_the_secret():
 def test_deployment_runs_as_non_root():
     pod = _one("Deployment")["spec"]["template"]["spec"]
     c = _container()
-    run_as_non_root = c.get("securityContext", {}).get("runAsNonRoot", pod.get("securityContext", {}).get("runAsNonRoot"))
+    run_as_non_root = c.get("securityContext", {}).get(
+        "runAsNonRoot", pod.get("securityContext", {}).get("runAsNonRoot")
+    )
     assert run_as_non_root is True
     uid = c.get("securityContext", {}).get("runAsUser", pod.get("securityContext", {}).get("runAsUser"))
     assert uid not in (None, 0)
@@ -416,7 +420,11 @@ def test_dockerfile_targets():
         assert _env(ins).get("EXPERT_EXPERTS_DIR") == "/experts", target
         command = _words(_last(ins, "ENTRYPOINT")) + _words(_last(ins, "CMD"))
         assert "expert" in command and command[command.index("expert") + 1 :] == [
-            "serve", "--host", "0.0.0.0", "--port", "8000",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
         ], f"{target}: runs {command}"
         assert any(k == "WORKDIR" for k, _ in ins), f"{target}: WORKDIR"
     cpu_base, cpu = targets["cpu"]
@@ -471,7 +479,9 @@ def test_dockerignore_keeps_what_the_build_copies():
     patterns = [
         line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
     ]
-    copied = [w for k, a in _instructions(DOCKERFILE.read_text()) if k == "COPY" and "--from" not in a for w in a.split()[:-1]]
+    copied = [
+        w for k, a in _instructions(DOCKERFILE.read_text()) if k == "COPY" and "--from" not in a for w in a.split()[:-1]
+    ]
     assert copied, "the Dockerfile copies nothing from the build context"
     for source in copied:
         assert not _dockerignore_excludes(patterns, source), f".dockerignore excludes {source}, which the build copies"

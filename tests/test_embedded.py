@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server import embedded
+from server.manifest import embedded
 
 EXPERT = Path(sys.executable).parent / "expert"
 

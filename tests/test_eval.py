@@ -16,8 +16,12 @@ EXPERT = Path(sys.executable).parent / "expert"
 
 
 def test_eval_reports_every_variant_of_the_example_expert():
-    out = subprocess.run([str(EXPERT), "eval", str(REPO / "experts" / "contact-extract"), "--json", "--limit", "4"],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [str(EXPERT), "eval", str(REPO / "experts" / "contact-extract"), "--json", "--limit", "4"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["expert"] == "contact-extract" and report["cases"] == 4
@@ -32,7 +36,7 @@ def test_eval_reports_every_variant_of_the_example_expert():
 
 
 def test_eval_without_test_cases_is_a_clear_error(tmp_path):
-    from experts_factory import manifest, write_expert
+    from trainer.synthetic import manifest, write_expert
 
     write_expert(tmp_path, manifest("no-cases"))
     out = subprocess.run([str(EXPERT), "eval", str(tmp_path / "no-cases")], capture_output=True, text=True, timeout=120)

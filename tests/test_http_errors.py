@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from experts_factory import manifest, write_expert
 from fake_engine import FakeEngine
 
-from server.app import create_app
+from server.api.app import create_app
 from server.settings import Settings
+from trainer.synthetic import manifest, write_expert
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 Q = [{"role": "user", "content": "Hi"}]
@@ -102,7 +102,9 @@ def test_unknown_model_is_404(experts):
 
 def test_not_json_and_not_object_are_400(experts):
     async def go(client, gw):
-        a = await client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        a = await client.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
         b = await client.post("/v1/chat/completions", json=[1, 2])
         return a, b
 
@@ -114,8 +116,9 @@ def test_not_json_and_not_object_are_400(experts):
 
 def test_oversized_body_is_413(experts):
     async def go(client, gw):
-        return await client.post("/v1/chat/completions",
-                                 json={"model": BASE, "messages": [{"role": "user", "content": "x" * 10_000}]})
+        return await client.post(
+            "/v1/chat/completions", json={"model": BASE, "messages": [{"role": "user", "content": "x" * 10_000}]}
+        )
 
     r, engine = call(experts, go)
     assert_error(r, 413)
@@ -207,14 +210,17 @@ def test_keys_guard_inference_and_lifecycle(experts):
     async def go(client, gw):
         out = {}
         out["none"] = await client.post("/v1/chat/completions", json={"model": BASE, "messages": Q})
-        out["bad"] = await client.post("/v1/chat/completions", json={"model": BASE, "messages": Q},
-                                       headers={"Authorization": "Bearer wrong"})
-        out["client"] = await client.post("/v1/chat/completions", json={"model": BASE, "messages": Q},
-                                          headers={"Authorization": "Bearer c-key"})
+        out["bad"] = await client.post(
+            "/v1/chat/completions", json={"model": BASE, "messages": Q}, headers={"Authorization": "Bearer wrong"}
+        )
+        out["client"] = await client.post(
+            "/v1/chat/completions", json={"model": BASE, "messages": Q}, headers={"Authorization": "Bearer c-key"}
+        )
         out["client_reload"] = await client.post("/experts/plain/reload", headers={"Authorization": "Bearer c-key"})
         out["admin_reload"] = await client.post("/experts/plain/reload", headers={"Authorization": "Bearer a-key"})
-        out["admin_chat"] = await client.post("/v1/chat/completions", json={"model": BASE, "messages": Q},
-                                              headers={"Authorization": "Bearer a-key"})
+        out["admin_chat"] = await client.post(
+            "/v1/chat/completions", json={"model": BASE, "messages": Q}, headers={"Authorization": "Bearer a-key"}
+        )
         out["health"] = await client.get("/health")
         return out
 
@@ -246,7 +252,7 @@ def test_hashed_keys_file(experts, tmp_path):
 
 
 def test_serve_refuses_a_public_address_without_keys(tmp_path):
-    from server.serve import serve
+    from server.commands.serve import serve
 
     assert serve(Settings(host="0.0.0.0", experts_dir=tmp_path)) == 2
 

@@ -8,19 +8,27 @@ from pathlib import Path
 
 import httpx
 from asgi_lifespan import LifespanManager
-from experts_factory import manifest, write_expert
 from fake_engine import FakeEngine
 
-from server.app import create_app
+from server.api.app import create_app
 from server.settings import Settings
+from trainer.synthetic import manifest, write_expert
 
-ADAPTER_CONFIG = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "lora_dropout": 0.0,
-                  "target_modules": ["q_proj"], "base_model_name_or_path": "x"}
+ADAPTER_CONFIG = {
+    "peft_type": "LORA",
+    "r": 2,
+    "lora_alpha": 4,
+    "lora_dropout": 0.0,
+    "target_modules": ["q_proj"],
+    "base_model_name_or_path": "x",
+}
 
 
 def write_lora_expert(root: Path, name: str, version: str) -> Path:
-    folder = write_expert(root, manifest(name, version=version,
-                                         adapter={"type": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj"]}))
+    folder = write_expert(
+        root,
+        manifest(name, version=version, adapter={"type": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj"]}),
+    )
     (folder / "adapter_config.json").write_text(json.dumps(ADAPTER_CONFIG))
     (folder / "adapter_model.safetensors").write_bytes(b"fake weights: the fake engine never reads them")
     return folder
@@ -40,8 +48,9 @@ def test_old_adapter_leaves_the_engine_only_after_its_last_request(tmp_path):
 
     async def body(client, gw):
         first = next(iter(engine.loras.values()))
-        slow = asyncio.create_task(client.post("/v1/chat/completions",
-                                               json={"model": "ex", "messages": [{"role": "user", "content": "hi"}]}))
+        slow = asyncio.create_task(
+            client.post("/v1/chat/completions", json={"model": "ex", "messages": [{"role": "user", "content": "hi"}]})
+        )
         await asyncio.sleep(0.2)  # the request is generating on version 1
         write_lora_expert(tmp_path, "ex", "2.0.0")
         reload = await client.post("/experts/ex/reload")
@@ -92,13 +101,15 @@ def test_unload_waits_for_draining_then_404(tmp_path):
     engine = FakeEngine(words=tuple("abcdefghij"), delay=0.05)
 
     async def body(client, gw):
-        running = asyncio.create_task(client.post(
-            "/v1/chat/completions", json={"model": "ex", "messages": [{"role": "user", "content": "hi"}]}))
+        running = asyncio.create_task(
+            client.post("/v1/chat/completions", json={"model": "ex", "messages": [{"role": "user", "content": "hi"}]})
+        )
         await asyncio.sleep(0.1)
         unload = await client.delete("/experts/ex")
         finished_first = running.done()
-        after = await client.post("/v1/chat/completions",
-                                  json={"model": "ex", "messages": [{"role": "user", "content": "hi"}]})
+        after = await client.post(
+            "/v1/chat/completions", json={"model": "ex", "messages": [{"role": "user", "content": "hi"}]}
+        )
         return unload, finished_first, (await running), after
 
     unload, finished_first, running, after = asyncio.run(_run(Settings(experts_dir=tmp_path), engine, body))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from server.manifest import (
+from server.manifest.schema import (
     Manifest,
     ManifestError,
     json_schema,
@@ -127,7 +128,10 @@ def test_real_sql_manifest_details(reference_dir: Path) -> None:
     assert m.limitations[0].pattern == "no_recursive_cte"  # type: ignore[union-attr]
     assert m.training is not None and m.training.dataset is not None
     assert [s.name for s in m.training.dataset.sources or []] == [
-        "gretelai/synthetic_text_to_sql", "Clinton/Text-to-sql-v1", "synthetic_fixes"]
+        "gretelai/synthetic_text_to_sql",
+        "Clinton/Text-to-sql-v1",
+        "synthetic_fixes",
+    ]
     assert m.training.dataset.field_mapping == {"text": "text"}
     assert m.training.alternative_checkpoints is not None
     assert m.training.alternative_checkpoints["checkpoint-1250"].step == 1250
@@ -142,7 +146,11 @@ def test_real_typescript_manifest_soft_prompt_and_validation_cmd(reference_dir: 
     m = parse_manifest(raw_manifest(reference_dir, "expert-typescript"))
     [sp] = m.soft_prompts
     assert (sp.name, sp.path, sp.tokens, sp.init_method) == (
-        "typescript_style", "soft_prompts/ts_style_48.bin", 48, "text")
+        "typescript_style",
+        "soft_prompts/ts_style_48.bin",
+        48,
+        "text",
+    )
     assert sp.init_text is not None and sp.init_text.startswith("Generate TypeScript code")
     assert m.decoding.validation_cmd == "tsc --noEmit"
     assert m.decoding.validation == "tsc"
@@ -333,8 +341,20 @@ def test_unknown_key_in_v1_adapter_names_root_adapters_path() -> None:
 
 BROKEN: list[tuple[str, str, Any, str, str]] = [
     # (id, path, value, field named, fragment of the message)
-    ("temperature-above-2", "training.decoding.temperature", 2.01, "training.decoding.temperature", "less than or equal to 2"),
-    ("temperature-negative", "training.decoding.temperature", -0.1, "training.decoding.temperature", "greater than or equal to 0"),
+    (
+        "temperature-above-2",
+        "training.decoding.temperature",
+        2.01,
+        "training.decoding.temperature",
+        "less than or equal to 2",
+    ),
+    (
+        "temperature-negative",
+        "training.decoding.temperature",
+        -0.1,
+        "training.decoding.temperature",
+        "greater than or equal to 0",
+    ),
     ("temperature-string", "training.decoding.temperature", "warm", "training.decoding.temperature", "number"),
     ("top_p-zero", "training.decoding.top_p", 0, "training.decoding.top_p", "greater than 0"),
     ("top_p-above-1", "training.decoding.top_p", 1.5, "training.decoding.top_p", "less than or equal to 1"),
@@ -343,8 +363,20 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
     ("top_k-minus-2", "training.decoding.top_k", -2, "training.decoding.top_k", "-1"),
     ("top_k-fraction", "training.decoding.top_k", 2.5, "training.decoding.top_k", "integer"),
     ("min_p-above-1", "training.decoding.min_p", 1.2, "training.decoding.min_p", "less than or equal to 1"),
-    ("max_tokens-zero", "training.decoding.max_tokens", 0, "training.decoding.max_tokens", "greater than or equal to 1"),
-    ("presence_penalty", "training.decoding.presence_penalty", 3, "training.decoding.presence_penalty", "less than or equal to 2"),
+    (
+        "max_tokens-zero",
+        "training.decoding.max_tokens",
+        0,
+        "training.decoding.max_tokens",
+        "greater than or equal to 1",
+    ),
+    (
+        "presence_penalty",
+        "training.decoding.presence_penalty",
+        3,
+        "training.decoding.presence_penalty",
+        "less than or equal to 2",
+    ),
     ("stop-not-a-list", "training.decoding.stop_sequences", ";", "training.decoding.stop_sequences", "list"),
     ("stop-an-int", "training.decoding.stop_sequences", [";", 7], "training.decoding.stop_sequences[1]", "string"),
     ("stop-a-dict", "training.decoding.stop_sequences", [{"s": ";"}], "training.decoding.stop_sequences[0]", "string"),
@@ -352,15 +384,39 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
     ("adapter-type-enum", "base_models[0].adapters[0].type", "qlora", "base_models[0].adapters[0].type", "'lora'"),
     ("adapter-no-type", "base_models[0].adapters[0].type", DELETE, "base_models[0].adapters[0].type", "missing"),
     ("adapter-no-r", "base_models[0].adapters[0].r", DELETE, "base_models[0].adapters[0].r", "r required"),
-    ("adapter-no-alpha", "base_models[0].adapters[0].alpha", DELETE, "base_models[0].adapters[0].alpha", "alpha required"),
+    (
+        "adapter-no-alpha",
+        "base_models[0].adapters[0].alpha",
+        DELETE,
+        "base_models[0].adapters[0].alpha",
+        "alpha required",
+    ),
     ("adapter-r-zero", "base_models[0].adapters[0].r", 0, "base_models[0].adapters[0].r", "greater than or equal to 1"),
     ("adapter-alpha-zero", "base_models[0].adapters[0].alpha", 0, "base_models[0].adapters[0].alpha", "greater than 0"),
-    ("adapter-dropout-1", "base_models[0].adapters[0].dropout", 1.0, "base_models[0].adapters[0].dropout", "less than 1"),
-    ("adapter-sha-short", "base_models[0].adapters[0].sha256", "abc", "base_models[0].adapters[0].sha256", "64 hexadecimal"),
+    (
+        "adapter-dropout-1",
+        "base_models[0].adapters[0].dropout",
+        1.0,
+        "base_models[0].adapters[0].dropout",
+        "less than 1",
+    ),
+    (
+        "adapter-sha-short",
+        "base_models[0].adapters[0].sha256",
+        "abc",
+        "base_models[0].adapters[0].sha256",
+        "64 hexadecimal",
+    ),
     ("base-sha-not-hex", "base_models[0].sha256", "z" * 64, "base_models[0].sha256", "64 hexadecimal"),
     ("base-name-empty", "base_models[0].name", "", "base_models[0].name", "at least 1"),
     ("base-name-missing", "base_models[0].name", DELETE, "base_models[0].name", "missing"),
-    ("rope-factor-zero", "base_models[0].rope_scaling.factor", 0, "base_models[0].rope_scaling.factor", "greater than 0"),
+    (
+        "rope-factor-zero",
+        "base_models[0].rope_scaling.factor",
+        0,
+        "base_models[0].rope_scaling.factor",
+        "greater than 0",
+    ),
     ("schema-version-enum", "schema_version", "3.0", "schema_version", "'2.0'"),
     ("name-missing", "name", DELETE, "name", "missing"),
     ("name-a-path", "name", "../evil", "name", "pattern"),
@@ -374,18 +430,49 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
     ("limitation-no-description", "limitations[2].description", DELETE, "limitations[2].description", "missing"),
     ("config-adapter-type", "training.config.adapter_type", "qlora", "training.config.adapter_type", "'lora'"),
     ("config-rank-zero", "training.config.rank", 0, "training.config.rank", "greater than or equal to 1"),
-    ("sp-no-tokens", "soft_prompts", [{"name": "style", "path": "style.safetensors"}], "soft_prompts[0].tokens", "missing"),
-    ("sp-tokens-zero", "soft_prompts", [{"name": "style", "path": "s.safetensors", "tokens": 0}], "soft_prompts[0].tokens",
-     "greater than or equal to 1"),
+    (
+        "sp-no-tokens",
+        "soft_prompts",
+        [{"name": "style", "path": "style.safetensors"}],
+        "soft_prompts[0].tokens",
+        "missing",
+    ),
+    (
+        "sp-tokens-zero",
+        "soft_prompts",
+        [{"name": "style", "path": "s.safetensors", "tokens": 0}],
+        "soft_prompts[0].tokens",
+        "greater than or equal to 1",
+    ),
     ("sp-no-path", "soft_prompts", [{"name": "style", "tokens": 4}], "soft_prompts[0].path", "missing"),
-    ("sp-text-init-without-text", "soft_prompts", [{"name": "style", "path": "s.pt", "tokens": 4, "init_method": "text"}],
-     "soft_prompts[0].init_text", "init_text required"),
-    ("sp-init-method-enum", "soft_prompts", [{"name": "style", "path": "s.pt", "tokens": 4, "init_method": "zeros"}],
-     "soft_prompts[0].init_method", "'random'"),
-    ("sp-duplicate-names", "soft_prompts", [{"name": "a", "path": "a.pt", "tokens": 4}, {"name": "a", "path": "b.pt", "tokens": 4}],
-     "soft_prompts", "unique"),
-    ("integrity-map-bad-hash", "integrity", {"files": {"adapter_model.safetensors": "xyz"}},
-     "integrity.files.adapter_model.safetensors", "64 hexadecimal"),
+    (
+        "sp-text-init-without-text",
+        "soft_prompts",
+        [{"name": "style", "path": "s.pt", "tokens": 4, "init_method": "text"}],
+        "soft_prompts[0].init_text",
+        "init_text required",
+    ),
+    (
+        "sp-init-method-enum",
+        "soft_prompts",
+        [{"name": "style", "path": "s.pt", "tokens": 4, "init_method": "zeros"}],
+        "soft_prompts[0].init_method",
+        "'random'",
+    ),
+    (
+        "sp-duplicate-names",
+        "soft_prompts",
+        [{"name": "a", "path": "a.pt", "tokens": 4}, {"name": "a", "path": "b.pt", "tokens": 4}],
+        "soft_prompts",
+        "unique",
+    ),
+    (
+        "integrity-map-bad-hash",
+        "integrity",
+        {"files": {"adapter_model.safetensors": "xyz"}},
+        "integrity.files.adapter_model.safetensors",
+        "64 hexadecimal",
+    ),
     ("integrity-list-no-sha", "integrity", {"files": [{"path": "a.bin"}]}, "integrity.files[0].sha256", "missing"),
     ("integrity-wrong-shape", "integrity", {"files": 3}, "integrity.files", "wrong type"),
 ]
@@ -402,17 +489,20 @@ def test_broken_variant_of_a_real_manifest_is_rejected_naming_the_field(
     assert fragment in issues[0][1], issues
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    ("training.decoding.temperature", 0),
-    ("training.decoding.temperature", 2),
-    ("training.decoding.top_p", 1),
-    ("training.decoding.top_p", 0.01),
-    ("training.decoding.top_k", -1),
-    ("training.decoding.top_k", 1),
-    ("training.decoding.stop_sequences", []),
-    ("base_models[0].adapters[0].type", "lora"),
-    ("base_models[0].adapters[0].sha256", "AB" * 32),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("training.decoding.temperature", 0),
+        ("training.decoding.temperature", 2),
+        ("training.decoding.top_p", 1),
+        ("training.decoding.top_p", 0.01),
+        ("training.decoding.top_k", -1),
+        ("training.decoding.top_k", 1),
+        ("training.decoding.stop_sequences", []),
+        ("base_models[0].adapters[0].type", "lora"),
+        ("base_models[0].adapters[0].sha256", "AB" * 32),
+    ],
+)
 def test_range_boundaries_are_accepted(reference_dir: Path, path: str, value: Any) -> None:
     m = parse_manifest(with_value(raw_manifest(reference_dir, "expert-sql"), path, value))
     got: Any = m
@@ -431,7 +521,7 @@ def test_lora_without_rank_and_alpha_names_both() -> None:
     data = v1_manifest(adapters=[{"type": "lora"}])
     issues = issues_of(data)
     assert sorted(f for f, _ in issues) == ["adapters[0].alpha", "adapters[0].r"]
-    assert all("r and alpha required for a lora adapter" == msg for _, msg in issues)
+    assert all(msg == "r and alpha required for a lora adapter" for _, msg in issues)
 
 
 @pytest.mark.parametrize("data", [[], "manifest", 3, None])
@@ -497,14 +587,17 @@ def test_json_schema_validates_a_v1_manifest_with_comments(schema_validator) -> 
     assert schema_validator(data) == []
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    ("training.decoding.temperatur", 0.3),
-    ("base_models[0].adapters[0].alfa", 3),
-    ("training.decoding.top_p", 0),
-    ("training.decoding.temperature", 3),
-    ("base_models[0].adapters[0].type", "qlora"),
-    ("name", DELETE),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("training.decoding.temperatur", 0.3),
+        ("base_models[0].adapters[0].alfa", 3),
+        ("training.decoding.top_p", 0),
+        ("training.decoding.temperature", 3),
+        ("base_models[0].adapters[0].type", "qlora"),
+        ("name", DELETE),
+    ],
+)
 def test_json_schema_rejects_broken_manifests(reference_dir: Path, schema_validator, path: str, value: Any) -> None:
     assert schema_validator(with_value(raw_manifest(reference_dir, "expert-sql"), path, value)) != []
 

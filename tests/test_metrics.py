@@ -11,8 +11,9 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -53,12 +54,15 @@ OUR_FAMILIES = {
 
 # ---------------------------------------------------------------------------- helpers
 
+
 def require_tool(name: str) -> str:
     """The path of a Prometheus program; missing fails on CI and skips elsewhere."""
     path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
     if path is None:
-        reason = (f"{name} is not installed (Debian package `prometheus`; "
-                  "scripts/install-test-services.sh installs it when run as root)")
+        reason = (
+            f"{name} is not installed (Debian package `prometheus`; "
+            "scripts/install-test-services.sh installs it when run as root)"
+        )
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
@@ -137,6 +141,7 @@ def panel_exprs(panel: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def probe_traffic(server, openai_client) -> dict[str, Any]:
     """N non-streaming and M streaming completions of `metrics-probe`, then one request with an
@@ -145,19 +150,24 @@ def probe_traffic(server, openai_client) -> dict[str, Any]:
     prompt_tokens = completion_tokens = 0
     for i in range(N_PLAIN):
         if i == 0:  # room for a complete JSON object: the "ok" side of the output validation
-            r = openai_client.chat.completions.create(model=PROBE, max_tokens=40,
-                                                      messages=[{"role": "user", "content": JSON_PROMPT}])
+            r = openai_client.chat.completions.create(
+                model=PROBE, max_tokens=40, messages=[{"role": "user", "content": JSON_PROMPT}]
+            )
         else:
-            r = openai_client.chat.completions.create(model=PROBE,
-                                                      messages=[{"role": "user", "content": f"Say hello {i}."}])
+            r = openai_client.chat.completions.create(
+                model=PROBE, messages=[{"role": "user", "content": f"Say hello {i}."}]
+            )
         texts.append(r.choices[0].message.content or "")
         prompt_tokens += r.usage.prompt_tokens
         completion_tokens += r.usage.completion_tokens
     for i in range(N_STREAM):
         parts, usage = [], None
         for chunk in openai_client.chat.completions.create(
-                model=PROBE, stream=True, stream_options={"include_usage": True},
-                messages=[{"role": "user", "content": f"Count to {i + 3}."}]):
+            model=PROBE,
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": f"Count to {i + 3}."}],
+        ):
             if chunk.choices:
                 parts.append(chunk.choices[0].delta.content or "")
             if chunk.usage is not None:
@@ -166,8 +176,11 @@ def probe_traffic(server, openai_client) -> dict[str, Any]:
         texts.append("".join(parts))
         prompt_tokens += usage.prompt_tokens
         completion_tokens += usage.completion_tokens
-    bad = httpx.post(server.url + "/v1/chat/completions", timeout=60,
-                     json={"model": PROBE, "temperature": -1, "messages": [{"role": "user", "content": "hi"}]})
+    bad = httpx.post(
+        server.url + "/v1/chat/completions",
+        timeout=60,
+        json={"model": PROBE, "temperature": -1, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert bad.status_code == 400, bad.text
     return {"texts": texts, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
 
@@ -178,23 +191,36 @@ def prometheus(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     binary = require_tool("prometheus")
     work = tmp_path_factory.mktemp("prometheus")
     config = work / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{
-            "job_name": "expert-gateway",
-            "scrape_interval": "1s",
-            "scrape_timeout": "1s",
-            "metrics_path": "/metrics",
-            "static_configs": [{"targets": [urlsplit(server.url).netloc]}],
-        }],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "expert-gateway",
+                        "scrape_interval": "1s",
+                        "scrape_timeout": "1s",
+                        "metrics_path": "/metrics",
+                        "static_configs": [{"targets": [urlsplit(server.url).netloc]}],
+                    }
+                ],
+            }
+        )
+    )
     port = free_port()
     log_path = work / "prometheus.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -236,14 +262,19 @@ def by_label(result: list[dict[str, Any]], label: str) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- a. promtool
 
+
 def test_promtool_accepts_the_gateway_families(server, probe_traffic):
     promtool = require_tool("promtool")
     text = own_families(fetch_metrics(server))
     declared = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE ")}
     for name, kind in OUR_FAMILIES.items():
         assert declared.get(name) == kind, f"{name}: declared {declared.get(name)!r}, expected {kind}"
-    for sample in ("expert_gateway_requests_total", "expert_gateway_request_duration_seconds_bucket",
-                   "expert_gateway_time_to_first_token_seconds_count", "expert_gateway_output_validations_total"):
+    for sample in (
+        "expert_gateway_requests_total",
+        "expert_gateway_request_duration_seconds_bucket",
+        "expert_gateway_time_to_first_token_seconds_count",
+        "expert_gateway_output_validations_total",
+    ):
         assert re.search(rf'^{sample}{{[^}}]*expert="{PROBE}"', text, re.M), f"no {sample} sample for {PROBE}"
 
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
@@ -251,12 +282,15 @@ def test_promtool_accepts_the_gateway_families(server, probe_traffic):
     assert check.returncode == 0 and not problems, f"promtool exit {check.returncode}:\n" + "\n".join(problems)
 
     # the check is live: promtool does flag a badly named family
-    bad = "# HELP expert_gateway_bad A counter without _total.\n# TYPE expert_gateway_bad counter\nexpert_gateway_bad 1\n"
+    bad = (
+        "# HELP expert_gateway_bad A counter without _total.\n# TYPE expert_gateway_bad counter\nexpert_gateway_bad 1\n"
+    )
     control = subprocess.run([promtool, "check", "metrics"], input=bad, capture_output=True, text=True, timeout=60)
     assert control.returncode != 0 and "_total" in control.stdout + control.stderr, control
 
 
 # ---------------------------------------------------------------------------- b. real Prometheus
+
 
 def test_prometheus_counts_exactly_what_was_sent(server, prometheus, probe_traffic):
     n = N_PLAIN + N_STREAM
@@ -277,8 +311,12 @@ def test_prometheus_counts_exactly_what_was_sent(server, prometheus, probe_traff
     texts = probe_traffic["texts"]
     ok = sum(1 for t in texts if _parses(t))
     want_checks = {k: float(v) for k, v in (("ok", ok), ("failed", n - ok)) if v}
-    checks = by_label(query(prometheus, f'sum by (result) (expert_gateway_output_validations_total'
-                                        f'{{expert="{PROBE}",check="json"}})'), "result")
+    checks = by_label(
+        query(
+            prometheus, f'sum by (result) (expert_gateway_output_validations_total{{expert="{PROBE}",check="json"}})'
+        ),
+        "result",
+    )
     assert checks == want_checks, f"validations {checks}, answers {texts}"
     assert sum(checks.values()) == n
 
@@ -316,6 +354,7 @@ def _parses(text: str) -> bool:
 
 # ---------------------------------------------------------------------------- c. Grafana dashboard
 
+
 def test_dashboard_metrics_are_exported_by_the_server(server, probe_traffic):
     dashboard = load_dashboard()
     exported = exported_sample_names(fetch_metrics(server))
@@ -331,8 +370,9 @@ def test_dashboard_metrics_are_exported_by_the_server(server, probe_traffic):
     assert not missing, f"the dashboard uses metrics /metrics does not export: {missing}"
 
     def panels_using(*needles: str) -> list[str]:
-        return [p["title"] for p in query_panels(dashboard)
-                if any(all(n in e for n in needles) for e in panel_exprs(p))]
+        return [
+            p["title"] for p in query_panels(dashboard) if any(all(n in e for n in needles) for e in panel_exprs(p))
+        ]
 
     coverage = {
         "request rate": ("rate(expert_gateway_requests_total{",),
@@ -397,16 +437,19 @@ def test_dashboard_structure_and_provisioning():
     path = provider["options"]["path"]
     readme = DEPLOY_README.read_text()
     assert "## Dashboards" in readme
-    assert f"deploy/grafana/dashboards:{path}" in readme or f"/dashboards:{path}" in readme, \
+    assert f"deploy/grafana/dashboards:{path}" in readme or f"/dashboards:{path}" in readme, (
         f"deploy/README.md does not show mounting the dashboards at {path}"
+    )
 
 
 def test_dashboard_queries_run_in_prometheus(server, prometheus, probe_traffic):
     """Every panel query, with the variables as Grafana fills them for the one expert
     `metrics-probe`, is valid PromQL for Prometheus and, but for reloads (none in this session
     for that expert), returns series."""
-    poll(lambda: query(prometheus, 'count_over_time(up{job="expert-gateway"}[1m])'),
-         lambda r: r and float(r[0]["value"][1]) >= 5)
+    poll(
+        lambda: query(prometheus, 'count_over_time(up{job="expert-gateway"}[1m])'),
+        lambda r: r and float(r[0]["value"][1]) >= 5,
+    )
     empty = []
     for panel in query_panels(load_dashboard()):
         for expr in panel_exprs(panel):

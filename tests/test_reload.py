@@ -12,14 +12,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from trainer.synthetic import ADAPTER_FILES, install_adapter
+
 pytestmark = pytest.mark.engine
 
 PROMPT = [{"role": "user", "content": "Name a color."}]
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def adapters(experts_dir: Path) -> dict[str, Path]:
-    return {"A": experts_dir / ".." / f"{experts_dir.name}-swap-a", "B": experts_dir.parent / f"{experts_dir.name}-swap-b"}
+    return {
+        "A": experts_dir / ".." / f"{experts_dir.name}-swap-a",
+        "B": experts_dir.parent / f"{experts_dir.name}-swap-b",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -31,25 +35,6 @@ def swap(experts_dir: Path) -> dict[str, Path]:
         for f in ADAPTER_FILES:
             shutil.copyfile(folder / f, a / f)
     return {"folder": folder, "A": a, "B": experts_dir.parent / f"{experts_dir.name}-swap-b"}
-
-
-def install(folder: Path, source: Path, version: str, *, sha: bool = True) -> None:
-    """Put `source`'s adapter in the expert folder under a new version (files replaced atomically)."""
-    import hashlib
-
-    for f in ADAPTER_FILES:
-        tmp = folder / f".{f}.tmp"
-        shutil.copyfile(source / f, tmp)
-        tmp.replace(folder / f)
-    data = json.loads((folder / "manifest.json").read_text())
-    data["version"] = version
-    adapter = data["base_models"][0]["adapters"][0]
-    weights = (folder / "adapter_model.safetensors").read_bytes()
-    adapter["sha256"] = hashlib.sha256(weights).hexdigest() if sha else ""
-    adapter["size_bytes"] = len(weights)
-    tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(folder / "manifest.json")
 
 
 def reload(server, name="swap") -> httpx.Response:
@@ -77,11 +62,11 @@ def ask(server, stream=False) -> tuple[str, str]:
 
 def test_reload_under_load_never_fails_nor_mixes_versions(server, swap):
     folder = swap["folder"]
-    install(folder, swap["A"], "1.0.0")
+    install_adapter(folder, swap["A"], "1.0.0")
     assert reload(server).status_code == 200
     version, text_a = ask(server)
     assert version == "1.0.0"
-    install(folder, swap["B"], "2.0.0")
+    install_adapter(folder, swap["B"], "2.0.0")
     r = reload(server)
     assert r.status_code == 200, r.text
     assert r.json()["old_version"] == "1.0.0" and r.json()["new_version"] == "2.0.0"
@@ -109,7 +94,7 @@ def test_reload_under_load_never_fails_nor_mixes_versions(server, swap):
         time.sleep(2)
         for n, which in enumerate("ABAB", start=3):
             version = f"{n}.0.0"
-            install(folder, swap[which], version)
+            install_adapter(folder, swap[which], version)
             expected[version] = text_a if which == "A" else text_b
             r = reload(server)
             assert r.status_code == 200, r.text
@@ -136,7 +121,7 @@ def test_reload_under_load_never_fails_nor_mixes_versions(server, swap):
 
 def test_corrupted_adapter_or_manifest_is_422_and_the_old_version_keeps_answering(server, swap):
     folder = swap["folder"]
-    install(folder, swap["A"], "10.0.0")
+    install_adapter(folder, swap["A"], "10.0.0")
     assert reload(server).status_code == 200
     before = ask(server)
 
@@ -150,7 +135,7 @@ def test_corrupted_adapter_or_manifest_is_422_and_the_old_version_keeps_answerin
         assert any("sha256" in d for d in r.json()["error"]["details"])
         assert ask(server) == before
         # 2. corrupt weights and no hash to catch it: the engine itself refuses them
-        install(folder, swap["A"], "11.0.0", sha=False)
+        install_adapter(folder, swap["A"], "11.0.0", sha=False)
         (folder / "adapter_model.safetensors").write_bytes(b"\0garbage" * 100)
         r = reload(server)
         assert r.status_code == 422, r.text
@@ -178,7 +163,7 @@ def test_corrupted_adapter_or_manifest_is_422_and_the_old_version_keeps_answerin
 
 
 def test_concurrent_reloads_of_one_expert_do_not_interleave(server, swap):
-    install(swap["folder"], swap["B"], "20.0.0")
+    install_adapter(swap["folder"], swap["B"], "20.0.0")
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda _: reload(server), range(4)))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
@@ -195,7 +180,7 @@ def test_unknown_and_traversal_names(server):
 
 
 def test_delete_unloads_then_reload_loads_again(server, swap):
-    install(swap["folder"], swap["A"], "30.0.0")
+    install_adapter(swap["folder"], swap["A"], "30.0.0")
     assert reload(server).status_code == 200
     r = httpx.delete(f"{server.url}/experts/swap", timeout=60)
     assert r.status_code == 200 and r.json()["drained"] is True

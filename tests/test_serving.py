@@ -57,13 +57,16 @@ def test_zero_temperature_in_request_is_a_value_not_unset(openai_client):
 
 def test_manifest_max_tokens_cuts_the_answer(openai_client):
     r = openai_client.chat.completions.create(
-        model="lora-a", messages=[{"role": "user", "content": "Write a long story about a dragon."}], temperature=0)
+        model="lora-a", messages=[{"role": "user", "content": "Write a long story about a dragon."}], temperature=0
+    )
     assert r.usage.completion_tokens == 12
     assert r.choices[0].finish_reason == "length"
 
 
 def test_manifest_stop_sequence_cuts_the_answer(openai_client, server):
-    full = openai_client.chat.completions.create(model=server.base_model, messages=QUESTION, temperature=0, max_tokens=20)
+    full = openai_client.chat.completions.create(
+        model=server.base_model, messages=QUESTION, temperature=0, max_tokens=20
+    )
     assert "Paris" in full.choices[0].message.content
     raw = chat_raw(openai_client, model="stopper", messages=QUESTION, max_tokens=20)
     r = raw.parse()
@@ -78,7 +81,9 @@ def test_lora_expert_differs_from_base(openai_client, server):
     differ = 0
     for p in prompts:
         msgs = [{"role": "user", "content": p}]
-        base = openai_client.chat.completions.create(model=server.base_model, messages=msgs, temperature=0, max_tokens=12)
+        base = openai_client.chat.completions.create(
+            model=server.base_model, messages=msgs, temperature=0, max_tokens=12
+        )
         lora = openai_client.chat.completions.create(model="lora-a", messages=msgs, temperature=0, max_tokens=12)
         differ += base.choices[0].message.content != lora.choices[0].message.content
     assert differ == len(prompts)
@@ -94,8 +99,14 @@ def test_lora_expert_is_deterministic_when_greedy(openai_client):
 def test_stream_and_non_stream_give_the_same_greedy_text(openai_client, server, model):
     model = server.base_model if model == "base" else model
     whole = openai_client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=12)
-    stream = openai_client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=12,
-                                                   stream=True, stream_options={"include_usage": True})
+    stream = openai_client.chat.completions.create(
+        model=model,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     text, usage, finish = "", None, None
     for chunk in stream:
         if chunk.usage:
@@ -109,8 +120,12 @@ def test_stream_and_non_stream_give_the_same_greedy_text(openai_client, server, 
 
 
 def test_stream_carries_the_sampling_header(server):
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={
-        "model": "lora-a", "messages": QUESTION, "stream": True}, timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        json={"model": "lora-a", "messages": QUESTION, "stream": True},
+        timeout=60,
+    ) as r:
         assert r.status_code == 200
         s = json.loads(r.headers["x-expert-sampling"])
         assert s["temperature"]["source"] == "manifest"
@@ -139,8 +154,9 @@ JSON_PROMPTS = [
 def test_json_grammar_expert_returns_parseable_json(openai_client):
     # json_object bounds the syntax, not the length: the prompts ask for short answers
     for p in JSON_PROMPTS:
-        r = openai_client.chat.completions.create(model="jsoner", messages=[{"role": "user", "content": p}],
-                                                  temperature=0)
+        r = openai_client.chat.completions.create(
+            model="jsoner", messages=[{"role": "user", "content": p}], temperature=0
+        )
         text = r.choices[0].message.content
         assert r.choices[0].finish_reason == "stop", text
         json.loads(text)
@@ -148,30 +164,45 @@ def test_json_grammar_expert_returns_parseable_json(openai_client):
 
 def test_gbnf_grammar_expert_follows_its_grammar(openai_client):
     for p in PROMPTS:
-        r = openai_client.chat.completions.create(model="gbnf-expert", messages=[{"role": "user", "content": p}],
-                                                  temperature=0.8, seed=1)
+        r = openai_client.chat.completions.create(
+            model="gbnf-expert", messages=[{"role": "user", "content": p}], temperature=0.8, seed=1
+        )
         data = json.loads(r.choices[0].message.content)
         assert list(data) == ["answer"] and isinstance(data["answer"], str)
 
 
 def test_response_format_json_schema_on_base(openai_client, server):
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-              "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
     r = openai_client.chat.completions.create(
-        model=server.base_model, messages=QUESTION, temperature=0, max_tokens=40,
-        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
+        model=server.base_model,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+    )
     assert set(json.loads(r.choices[0].message.content)) == {"city"}
 
 
 def test_response_format_text_turns_the_expert_grammar_off(openai_client):
-    r = openai_client.chat.completions.create(model="gbnf-expert", messages=QUESTION, temperature=0, max_tokens=12,
-                                              response_format={"type": "text"})
+    r = openai_client.chat.completions.create(
+        model="gbnf-expert", messages=QUESTION, temperature=0, max_tokens=12, response_format={"type": "text"}
+    )
     assert not r.choices[0].message.content.startswith('{"answer"')
 
 
 def test_seed_makes_sampling_repeatable(openai_client, server):
-    kw = dict(model=server.base_model, messages=[{"role": "user", "content": "Tell me a word."}],
-              temperature=1.0, max_tokens=10, seed=1234)
+    kw = dict(
+        model=server.base_model,
+        messages=[{"role": "user", "content": "Tell me a word."}],
+        temperature=1.0,
+        max_tokens=10,
+        seed=1234,
+    )
     a = openai_client.chat.completions.create(**kw)
     b = openai_client.chat.completions.create(**kw)
     assert a.choices[0].message.content == b.choices[0].message.content
@@ -183,8 +214,12 @@ def test_n_returns_several_choices(openai_client, server):
 
 
 def test_vllm_extra_sampling_fields_are_accepted(openai_client):
-    raw = chat_raw(openai_client, model="lora-a", messages=QUESTION,
-                   extra_body={"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2})
+    raw = chat_raw(
+        openai_client,
+        model="lora-a",
+        messages=QUESTION,
+        extra_body={"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2},
+    )
     s = sampling_header(raw)
     assert s["top_k"] == {"value": 5, "source": "request"}
     assert s["repetition_penalty"] == {"value": 1.2, "source": "request"}
@@ -246,8 +281,13 @@ def test_a_client_that_disconnects_aborts_its_engine_request(server, stream):
 
     base = {"expert": server.base_model, "version": "base"}
     gone_before = _metric(server, "expert_gateway_requests_total", status="499", **base)
-    body = {"model": server.base_model, "messages": [{"role": "user", "content": "Write a very long story."}],
-            "max_tokens": 900, "temperature": 0.8, "stream": stream}
+    body = {
+        "model": server.base_model,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 900,
+        "temperature": 0.8,
+        "stream": stream,
+    }
     started = time.time()
     if stream:
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _start_server, _stop, write_soft_prompt_expert
-from experts_factory import make_lora, manifest, write_expert
+from conftest import _start_server, _stop
+
+from trainer.synthetic import make_lora, manifest, write_expert, write_soft_prompt_expert
 
 pytestmark = pytest.mark.engine
 
@@ -46,8 +46,9 @@ def test_served_tokens_equal_peft_reference(server, experts_dir):
     from trainer.reference import peft_greedy_tokens
 
     for sp in ("alpha", "beta", None):
-        served = chat(server, model="sp-expert", soft_prompt=sp or "none", max_tokens=16,
-                      return_token_ids=True).json()["choices"][0]["token_ids"]
+        served = chat(server, model="sp-expert", soft_prompt=sp or "none", max_tokens=16, return_token_ids=True).json()[
+            "choices"
+        ][0]["token_ids"]
         reference = peft_greedy_tokens(experts_dir / "sp-expert", Q, max_new_tokens=16, soft_prompt=sp)
         assert served == reference, sp
 
@@ -66,9 +67,15 @@ def test_soft_prompt_shape_is_checked_at_load(server, experts_dir, base_path):
 
 async def _mixed_round(url: str, models: list[str], n: int) -> list[int]:
     async with httpx.AsyncClient(timeout=180) as client:
+
         async def one(i: int) -> int:
-            body = {"model": models[i % len(models)], "messages": [{"role": "user", "content": f"Tell me fact {i}."}],
-                    "max_tokens": 12, "temperature": 0, "stream": i % 2 == 0}
+            body = {
+                "model": models[i % len(models)],
+                "messages": [{"role": "user", "content": f"Tell me fact {i}."}],
+                "max_tokens": 12,
+                "temperature": 0,
+                "stream": i % 2 == 0,
+            }
             if i % 3 == 0:
                 body.update(repetition_penalty=1.2, frequency_penalty=0.5, presence_penalty=0.3)
             r = await client.post(url + "/v1/chat/completions", json=body)
@@ -104,7 +111,7 @@ def unpatched_server(tmp_path_factory, base_path):
 
 def test_without_the_plugin_mixed_prompts_kill_the_engine(unpatched_server):
     """The upstream bug this project designs around, reproduced: if vLLM fixes it, this fails
-    and server/vllm_plugin.py can go."""
+    and server/engine/plugin.py can go."""
     models = ["sp-expert", "plain-lora", unpatched_server.base_model]
     statuses: list[int] = []
     for _ in range(5):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from server.manifest.soft_prompt import load_soft_prompt
 from trainer.cli import run_train
 from trainer.data import DatasetError, load_conversations, row_to_messages
 from trainer.loop import lr_at
-from trainer.soft_prompt import load_soft_prompt
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HIDDEN = 576
@@ -37,18 +37,31 @@ def _manifest(**overrides) -> dict:
         "name": "tiny",
         "_comment": "a comment the trainer must keep",
         "version": "0.0.1",
-        "base_models": [{
-            "name": BASE,
-            "prompt_template": "chatml",
-            "adapters": [{
-                "type": "lora", "r": 2, "alpha": 4, "dropout": 0.0,
-                "target_modules": ["q_proj", "v_proj"], "_note": "kept",
-            }],
-        }],
-        "soft_prompts": [{
-            "name": "sp", "path": "soft_prompts/sp.safetensors", "tokens": 4,
-            "init_method": "text", "init_text": "Answer in JSON.",
-        }],
+        "base_models": [
+            {
+                "name": BASE,
+                "prompt_template": "chatml",
+                "adapters": [
+                    {
+                        "type": "lora",
+                        "r": 2,
+                        "alpha": 4,
+                        "dropout": 0.0,
+                        "target_modules": ["q_proj", "v_proj"],
+                        "_note": "kept",
+                    }
+                ],
+            }
+        ],
+        "soft_prompts": [
+            {
+                "name": "sp",
+                "path": "soft_prompts/sp.safetensors",
+                "tokens": 4,
+                "init_method": "text",
+                "init_text": "Answer in JSON.",
+            }
+        ],
         "training": {
             "dataset": {"path": "datasets/train.jsonl", "format": "jsonl"},
             "config": {"batch_size": 2, "learning_rate": 0.001, "prompt_learning_rate": 0.01, "seed": 1},
@@ -59,9 +72,14 @@ def _manifest(**overrides) -> dict:
 
 
 GOOD_ROWS = [
-    {"messages": [{"role": "user", "content": "Say hi as JSON"}, {"role": "assistant", "content": '{"greeting": "hi"}'}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Say hi as JSON"},
+            {"role": "assistant", "content": '{"greeting": "hi"}'},
+        ]
+    },
     {"prompt": "Say bye as JSON", "completion": '{"greeting": "bye"}'},
-    {"text": "<|im_start|>user\nSay hello as JSON<|im_end|>\n<|im_start|>assistant\n{\"greeting\": \"hello\"}<|im_end|>\n"},
+    {"text": '<|im_start|>user\nSay hello as JSON<|im_end|>\n<|im_start|>assistant\n{"greeting": "hello"}<|im_end|>\n'},
 ]
 
 
@@ -118,14 +136,18 @@ def test_row_without_assistant_target_names_its_line(tmp_path, capsys):
 
 def test_every_bad_row_is_listed(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join([
-        json.dumps(GOOD_ROWS[0]),
-        "[1, 2]",
-        json.dumps({"prompt": "only a prompt"}),
-        "",
-        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]}),
-        json.dumps({"question": "q", "answer": "a"}),
-    ]))
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(GOOD_ROWS[0]),
+                "[1, 2]",
+                json.dumps({"prompt": "only a prompt"}),
+                "",
+                json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]}),
+                json.dumps({"question": "q", "answer": "a"}),
+            ]
+        )
+    )
     with pytest.raises(DatasetError) as info:
         load_conversations(path)
     problems = info.value.problems
@@ -139,14 +161,20 @@ def test_every_bad_row_is_listed(tmp_path):
 def test_row_formats_and_field_mapping():
     chat = row_to_messages(GOOD_ROWS[0])
     assert chat[-1] == {"role": "assistant", "content": '{"greeting": "hi"}'}
-    pc = row_to_messages({"instruction": "q", "output": "a", "sys": "s"},
-                         {"messages": "messages", "prompt": "instruction", "completion": "output",
-                          "system": "sys", "text": "text"})
-    assert pc == [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                  {"role": "assistant", "content": "a"}]
+    pc = row_to_messages(
+        {"instruction": "q", "output": "a", "sys": "s"},
+        {"messages": "messages", "prompt": "instruction", "completion": "output", "system": "sys", "text": "text"},
+    )
+    assert pc == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
     text = row_to_messages(GOOD_ROWS[2])
-    assert text == [{"role": "user", "content": "Say hello as JSON"},
-                    {"role": "assistant", "content": '{"greeting": "hello"}'}]
+    assert text == [
+        {"role": "user", "content": "Say hello as JSON"},
+        {"role": "assistant", "content": '{"greeting": "hello"}'},
+    ]
     with pytest.raises(ValueError, match="ChatML"):
         row_to_messages({"text": "just some text"})
     with pytest.raises(ValueError, match="last message must have role 'assistant'"):
@@ -267,7 +295,11 @@ def test_run_train_writes_adapter_soft_prompt_and_manifest(trained):
     expert, code = trained
     assert code == 0
     assert sorted(p.name for p in expert.iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "datasets", "manifest.json", "soft_prompts",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "datasets",
+        "manifest.json",
+        "soft_prompts",
     ]  # no staging folder or PEFT README left behind
 
     config = json.loads((expert / "adapter_config.json").read_text())

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from server.grammar import left_recursion, parse_rules
-from server.hints import CPU_ATTENTION, engine_wide_diff, plan_engine, requests_of
-from server.manifest import Decoding, Runtime
-from server.sampling import SERVER_DEFAULTS, expert_defaults, header_value, resolve
+from server.manifest.grammar import left_recursion, parse_rules
+from server.manifest.hints import CPU_ATTENTION, engine_wide_diff, plan_engine, requests_of
+from server.manifest.sampling import SERVER_DEFAULTS, expert_defaults, header_value, resolve
+from server.manifest.schema import Decoding, Runtime
 
 DEFAULTS = {"max_model_len": 2048, "enable_prefix_caching": True, "kv_cache_dtype": "auto"}
 
@@ -26,18 +26,30 @@ def outcome(plan, expert: str, field: str):
 # ----------------------------------------------------------------------------- hints
 
 
-@pytest.mark.parametrize(("runtime", "field", "asked"), [
-    (Runtime(attention_kernel="flash-v2"), "runtime.attention_kernel", "FLASH_ATTN"),
-    (Runtime(attention_kernel="sdpa"), "runtime.attention_kernel", "TORCH_SDPA"),
-    (Runtime(attention_kernel="some-new-kernel"), "runtime.attention_kernel", "some-new-kernel"),
-    (Runtime(attention_backend="flashinfer"), "runtime.attention_backend", "FLASHINFER"),
-    (Runtime(attention_backend="triton_attn", attention_kernel="flash-v2"), "runtime.attention_backend", "TRITON_ATTN"),
-])
+@pytest.mark.parametrize(
+    ("runtime", "field", "asked"),
+    [
+        (Runtime(attention_kernel="flash-v2"), "runtime.attention_kernel", "FLASH_ATTN"),
+        (Runtime(attention_kernel="sdpa"), "runtime.attention_kernel", "TORCH_SDPA"),
+        (Runtime(attention_kernel="some-new-kernel"), "runtime.attention_kernel", "some-new-kernel"),
+        (Runtime(attention_backend="flashinfer"), "runtime.attention_backend", "FLASHINFER"),
+        (
+            Runtime(attention_backend="triton_attn", attention_kernel="flash-v2"),
+            "runtime.attention_backend",
+            "TRITON_ATTN",
+        ),
+    ],
+)
 def test_cpu_turns_any_attention_backend_into_a_not_honoured_report(runtime: Runtime, field: str, asked: str) -> None:
     plan = plan_engine([("a", runtime)], platform="cpu", defaults=DEFAULTS)
     [o] = plan.reports["a"]
     assert (o.field, o.engine_arg, o.requested, o.effective, o.honoured) == (
-        field, "attention_backend", asked, CPU_ATTENTION, False)
+        field,
+        "attention_backend",
+        asked,
+        CPU_ATTENTION,
+        False,
+    )
     assert CPU_ATTENTION in o.reason and "CPU" in o.reason
     assert "attention_backend" not in plan.engine_args  # the engine keeps its default
     assert "attention_backend" not in plan.deciders
@@ -51,8 +63,11 @@ def test_cpu_attention_asked_on_cpu_is_honoured() -> None:
 
 
 def test_attention_backend_on_cuda_is_set_by_the_first_expert() -> None:
-    plan = plan_engine([("a", Runtime(attention_kernel="flash-v2")), ("b", Runtime(attention_backend="FLASHINFER"))],
-                       platform="cuda", defaults=DEFAULTS)
+    plan = plan_engine(
+        [("a", Runtime(attention_kernel="flash-v2")), ("b", Runtime(attention_backend="FLASHINFER"))],
+        platform="cuda",
+        defaults=DEFAULTS,
+    )
     assert plan.engine_args["attention_backend"] == "FLASH_ATTN"
     assert outcome(plan, "a", "runtime.attention_kernel").honoured is True
     b = outcome(plan, "b", "runtime.attention_backend")
@@ -60,16 +75,23 @@ def test_attention_backend_on_cuda_is_set_by_the_first_expert() -> None:
 
 
 def test_unknown_attention_backend_is_not_honoured_when_names_are_known() -> None:
-    plan = plan_engine([("a", Runtime(attention_backend="WARP_DRIVE"))], platform="cuda", defaults=DEFAULTS,
-                       known_backends=frozenset({"FLASH_ATTN", "TRITON_ATTN"}))
+    plan = plan_engine(
+        [("a", Runtime(attention_backend="WARP_DRIVE"))],
+        platform="cuda",
+        defaults=DEFAULTS,
+        known_backends=frozenset({"FLASH_ATTN", "TRITON_ATTN"}),
+    )
     [o] = plan.reports["a"]
     assert o.honoured is False and "unknown attention backend" in o.reason and "WARP_DRIVE" in o.reason
     assert "attention_backend" not in plan.engine_args
 
 
 def test_conflicting_kv_cache_dtype_first_in_order_decides() -> None:
-    experts = [("first", Runtime(kv_cache_dtype="fp8")), ("second", Runtime(kv_cache_dtype="bfloat16")),
-               ("third", Runtime(kv_cache_dtype="fp8"))]
+    experts = [
+        ("first", Runtime(kv_cache_dtype="fp8")),
+        ("second", Runtime(kv_cache_dtype="bfloat16")),
+        ("third", Runtime(kv_cache_dtype="fp8")),
+    ]
     plan = plan_engine(experts, platform="cuda", defaults=DEFAULTS)
     assert plan.engine_args["kv_cache_dtype"] == "fp8"
     assert plan.deciders["kv_cache_dtype"] == "first"
@@ -128,7 +150,9 @@ def test_requests_of_runtime() -> None:
     assert requests_of(None) == []
     reqs = requests_of(Runtime(candle_compatible=True, requires_kv_cache_persistence=False))
     assert reqs == []  # candle_compatible is no engine arg; persistence False asks nothing
-    reqs = requests_of(Runtime(attention_kernel="Flash-V2", prefix_caching=True, kv_cache_dtype="fp8", max_model_len=64))
+    reqs = requests_of(
+        Runtime(attention_kernel="Flash-V2", prefix_caching=True, kv_cache_dtype="fp8", max_model_len=64)
+    )
     assert [(r.field, r.engine_arg, r.value) for r in reqs] == [
         ("runtime.attention_kernel", "attention_backend", "FLASH_ATTN"),
         ("runtime.prefix_caching", "enable_prefix_caching", True),
@@ -235,7 +259,11 @@ def test_left_recursion_in_the_hivellm_sql_grammar(reference_dir: Path) -> None:
     cycles = left_recursion(text)
     assert len(cycles) == 3
     assert {rule for cycle in cycles for rule in cycle} == {
-        "expression", "comparison-expr", "logical-expr", "arithmetic-expr"}
+        "expression",
+        "comparison-expr",
+        "logical-expr",
+        "arithmetic-expr",
+    }
     assert all("expression" in cycle for cycle in cycles)
     _check_cycles(text, cycles)
 
@@ -253,21 +281,24 @@ def test_no_left_recursion_in_the_hivellm_json_grammar(reference_dir: Path) -> N
     assert left_recursion(text) == []
 
 
-@pytest.mark.parametrize(("grammar", "expected"), [
-    ('a ::= a "x" | "y"', [["a", "a"]]),
-    ('a ::= b? a "x" | "y"\nb ::= "z"', [["a", "a"]]),
-    ('a ::= b* a "x" | "y"\nb ::= "z"', [["a", "a"]]),
-    ('a ::= b a "x" | "y"\nb ::= "z"?', [["a", "a"]]),
-    ('a ::= b a "x" | "y"\nb ::= ""', [["a", "a"]]),
-    ('a ::= ("q" | "") a "x" | "y"', [["a", "a"]]),
-    ('a ::= "y" | (a "x")', [["a", "a"]]),
-    ('root ::= a\na ::= b "x" | "y"\nb ::= a "q"', [["a", "b", "a"]]),
-    ('# a comment ::= a\na ::= "x" a | "y"', []),
-    ('a ::= b a "x" | "y"\nb ::= "z"', []),
-    ('a ::= [a-z]* a | "y"', [["a", "a"]]),
-    ('a ::= [a-z]+ a | "y"', []),
-    ('a ::= "#" a | "y"', []),
-])
+@pytest.mark.parametrize(
+    ("grammar", "expected"),
+    [
+        ('a ::= a "x" | "y"', [["a", "a"]]),
+        ('a ::= b? a "x" | "y"\nb ::= "z"', [["a", "a"]]),
+        ('a ::= b* a "x" | "y"\nb ::= "z"', [["a", "a"]]),
+        ('a ::= b a "x" | "y"\nb ::= "z"?', [["a", "a"]]),
+        ('a ::= b a "x" | "y"\nb ::= ""', [["a", "a"]]),
+        ('a ::= ("q" | "") a "x" | "y"', [["a", "a"]]),
+        ('a ::= "y" | (a "x")', [["a", "a"]]),
+        ('root ::= a\na ::= b "x" | "y"\nb ::= a "q"', [["a", "b", "a"]]),
+        ('# a comment ::= a\na ::= "x" a | "y"', []),
+        ('a ::= b a "x" | "y"\nb ::= "z"', []),
+        ('a ::= [a-z]* a | "y"', [["a", "a"]]),
+        ('a ::= [a-z]+ a | "y"', []),
+        ('a ::= "#" a | "y"', []),
+    ],
+)
 def test_left_recursion_toy_grammars(grammar: str, expected: list[list[str]]) -> None:
     cycles = left_recursion(grammar)
     if len(expected) == 1 and len(expected[0]) > 2:

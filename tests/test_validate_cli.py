@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from experts_factory import BASE_ID, make_lora, manifest, write_expert  # noqa: E402
+from trainer.synthetic import BASE_ID, make_lora, manifest, write_expert
 
 EXPERT_BIN = Path(sys.executable).parent / "expert"
 REAL = ("expert-json", "expert-neo4j", "expert-sql", "expert-typescript")
@@ -35,8 +34,9 @@ class Run:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([str(EXPERT_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=os.environ.copy())
+    return subprocess.Popen(
+        [str(EXPERT_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
 
 
 def run_all(*arg_lists: list[str]) -> list[Run]:
@@ -100,7 +100,7 @@ def table_fields(text: str) -> list[str]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:3] == ["FIELD", "FATE", "DETAIL"])
     out = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         out.append(line.split()[0])
@@ -130,8 +130,13 @@ def real_runs(reference_dir: Path) -> dict[str, tuple[Run, Run]]:
     """name -> (`expert validate FILE --json`, text report of `validate FILE`), all at once."""
     paths = [str(reference_dir / f"{name}.manifest.json") for name in REAL]
     json_procs = [(path, _start(["validate", path, "--json"])) for path in paths]
-    driver = subprocess.Popen([sys.executable, "-c", _TEXT_DRIVER, *paths], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _TEXT_DRIVER, *paths],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     json_runs = []
     for path, proc in json_procs:
         stdout, stderr = proc.communicate(timeout=300)
@@ -140,8 +145,12 @@ def real_runs(reference_dir: Path) -> dict[str, tuple[Run, Run]]:
     assert_no_traceback(Run(["text driver"], driver.returncode, stdout, stderr))
     assert driver.returncode == 0, stderr[-3000:]
     texts = json.loads(stdout)
-    return Runs({name: (json_run, Run(["validate", path], *texts[path], ""))
-                 for name, path, json_run in zip(REAL, paths, json_runs)})
+    return Runs(
+        {
+            name: (json_run, Run(["validate", path], *texts[path], ""))
+            for name, path, json_run in zip(REAL, paths, json_runs)
+        }
+    )
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -225,10 +234,13 @@ def test_unknown_output_checker_is_refused_and_json_is_applied(real_runs) -> Non
     assert js["fate"] == "applied" and "JSON" in js["detail"]
 
 
-@pytest.mark.parametrize(("name", "rules"), [
-    ("expert-sql", {"expression", "comparison-expr", "logical-expr", "arithmetic-expr"}),
-    ("expert-neo4j", {"expression", "comparison", "logical-expr"}),
-])
+@pytest.mark.parametrize(
+    ("name", "rules"),
+    [
+        ("expert-sql", {"expression", "comparison-expr", "logical-expr", "arithmetic-expr"}),
+        ("expert-neo4j", {"expression", "comparison", "logical-expr"}),
+    ],
+)
 def test_sql_and_cypher_grammars_reported_left_recursive(real_runs, name: str, rules: set[str]) -> None:
     f = field(real_runs[name][0].json(), "training.decoding.grammar_type")
     detail = f["detail"]
@@ -266,7 +278,10 @@ def test_text_output_lists_every_field(real_runs, name: str) -> None:
         if parts and parts[0] in by_name:
             assert parts[1] == by_name[parts[0]]["fate"]
     counts = {k: sum(1 for f in report["fields"] if f["fate"] == k) for k in FATES}
-    assert f"{len(expected)} fields: {counts['applied']} applied, {counts['checked']} checked, {counts['refused']} refused" in text
+    assert (
+        f"{len(expected)} fields: {counts['applied']} applied, {counts['checked']} checked, {counts['refused']} refused"
+        in text
+    )
     assert "not servable: base model not served here" in text
 
 
@@ -274,8 +289,11 @@ def test_text_output_lists_every_field(real_runs, name: str) -> None:
 
 
 def _lora_manifest() -> dict[str, Any]:
-    return manifest("broken", adapter={"type": "lora", "r": 8, "alpha": 16},
-                    decoding={"temperature": 0.2, "top_p": 0.9, "top_k": 20, "stop_sequences": ["END"]})
+    return manifest(
+        "broken",
+        adapter={"type": "lora", "r": 8, "alpha": 16},
+        decoding={"temperature": 0.2, "top_p": 0.9, "top_k": 20, "stop_sequences": ["END"]},
+    )
 
 
 def _set(path: list[Any], value: Any) -> Any:
@@ -289,6 +307,7 @@ def _set(path: list[Any], value: Any) -> Any:
         else:
             node[path[-1]] = value
         return data
+
     return mutate
 
 
@@ -298,21 +317,45 @@ BROKEN: list[tuple[str, Any, str, str]] = [
     ("truncated-json", '{"name": "broken", "version": ', "", "invalid JSON"),
     ("not-an-object", '["name", "broken"]', "", "a manifest is a JSON object"),
     ("missing-name", _set(["name"], None), "name", "required field is missing"),
-    ("unknown-key", _set(["training", "decoding", "temperatur"], 0.5), "training.decoding.temperatur",
-     "did you mean 'temperature'"),
-    ("unknown-adapter-key", _set(["base_models", 0, "adapters", 0, "alfa"], 16), "base_models[0].adapters[0].alfa",
-     "did you mean 'alpha'"),
+    (
+        "unknown-key",
+        _set(["training", "decoding", "temperatur"], 0.5),
+        "training.decoding.temperatur",
+        "did you mean 'temperature'",
+    ),
+    (
+        "unknown-adapter-key",
+        _set(["base_models", 0, "adapters", 0, "alfa"], 16),
+        "base_models[0].adapters[0].alfa",
+        "did you mean 'alpha'",
+    ),
     ("bad-top_p", _set(["training", "decoding", "top_p"], 1.5), "training.decoding.top_p", "less than or equal to 1"),
     ("top_k-0", _set(["training", "decoding", "top_k"], 0), "training.decoding.top_k", "top_k must be >= 1"),
-    ("stop-not-strings", _set(["training", "decoding", "stop_sequences"], [1, 2]), "training.decoding.stop_sequences[0]",
-     "valid string"),
-    ("soft-prompt-without-tokens", _set(["soft_prompts"], [{"name": "style", "path": "style.safetensors"}]),
-     "soft_prompts[0].tokens", "required field is missing"),
-    ("lora-without-r", _set(["base_models", 0, "adapters", 0, "r"], None), "base_models[0].adapters[0].r",
-     "r required for a lora adapter"),
+    (
+        "stop-not-strings",
+        _set(["training", "decoding", "stop_sequences"], [1, 2]),
+        "training.decoding.stop_sequences[0]",
+        "valid string",
+    ),
+    (
+        "soft-prompt-without-tokens",
+        _set(["soft_prompts"], [{"name": "style", "path": "style.safetensors"}]),
+        "soft_prompts[0].tokens",
+        "required field is missing",
+    ),
+    (
+        "lora-without-r",
+        _set(["base_models", 0, "adapters", 0, "r"], None),
+        "base_models[0].adapters[0].r",
+        "r required for a lora adapter",
+    ),
     ("v2-without-base", _set(["base_models"], None), "base_models", "needs a non-empty base_models"),
-    ("temperature-3", _set(["training", "decoding", "temperature"], 3), "training.decoding.temperature",
-     "less than or equal to 2"),
+    (
+        "temperature-3",
+        _set(["training", "decoding", "temperature"], 3),
+        "training.decoding.temperature",
+        "less than or equal to 2",
+    ),
 ]
 
 
@@ -331,10 +374,12 @@ def broken_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     return Runs({b[0]: (folder, r) for b, folder, r in zip(BROKEN, folders, runs)})
 
 
-@pytest.mark.parametrize(("case_id", "field_name", "fragment"), [(b[0], b[2], b[3]) for b in BROKEN],
-                         ids=[b[0] for b in BROKEN])
-def test_broken_manifest_exits_1_naming_the_field(broken_runs, capsys: pytest.CaptureFixture[str], case_id: str,
-                                                  field_name: str, fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("case_id", "field_name", "fragment"), [(b[0], b[2], b[3]) for b in BROKEN], ids=[b[0] for b in BROKEN]
+)
+def test_broken_manifest_exits_1_naming_the_field(
+    broken_runs, capsys: pytest.CaptureFixture[str], case_id: str, field_name: str, fragment: str
+) -> None:
     folder, as_json = broken_runs[case_id]
     assert as_json.returncode == 1, as_json.stdout + as_json.stderr
     report = as_json.json()
@@ -365,8 +410,13 @@ def test_missing_path_exits_1(tmp_path: Path) -> None:
 
 
 def test_v1_dora_manifest_is_valid_not_servable(tmp_path: Path) -> None:
-    data = {"name": "legacy", "version": "0.1.0", "_comment": "v1, no schema_version",
-            "base_model": {"name": BASE_ID}, "adapters": [{"type": "dora", "r": 8, "alpha": 16}]}
+    data = {
+        "name": "legacy",
+        "version": "0.1.0",
+        "_comment": "v1, no schema_version",
+        "base_model": {"name": BASE_ID},
+        "adapters": [{"type": "dora", "r": 8, "alpha": 16}],
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     r = run("validate", str(tmp_path), "--json")
     assert r.returncode == 2
@@ -387,9 +437,15 @@ def lora_template(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> 
     return folder, entry
 
 
-def build_expert(root: Path, template: tuple[Path, dict[str, Any]], name: str,
-                 adapter: dict[str, Any] | None = None, decoding: dict[str, Any] | None = None,
-                 soft_prompts: list[dict[str, Any]] | None = None, files: dict[str, str] | None = None) -> Path:
+def build_expert(
+    root: Path,
+    template: tuple[Path, dict[str, Any]],
+    name: str,
+    adapter: dict[str, Any] | None = None,
+    decoding: dict[str, Any] | None = None,
+    soft_prompts: list[dict[str, Any]] | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
     folder, entry = template
     shutil.copytree(folder, root / name)
     data = manifest(name, adapter={**entry, **(adapter or {})}, decoding=decoding, soft_prompts=soft_prompts)
@@ -437,8 +493,12 @@ def lora_runs(tmp_path_factory: pytest.TempPathFactory, lora_template) -> dict[t
     case("size-mismatch", [JSON], adapter={"size_bytes": size + 1})
     for name, shape in (("sp-width", (4, 100)), ("sp-tokens", (3, HIDDEN_SIZE)), ("sp-ok", (4, HIDDEN_SIZE))):
         _write_soft_prompt(case(name, [TEXT, JSON], soft_prompts=SOFT_PROMPT) / "style.safetensors", shape)
-    case("grammar-bad", [TEXT, JSON], files={"grammar.gbnf": BAD_GRAMMAR},
-         decoding={"use_grammar": True, "grammar_type": "gbnf", "grammar_file": "grammar.gbnf"})
+    case(
+        "grammar-bad",
+        [TEXT, JSON],
+        files={"grammar.gbnf": BAD_GRAMMAR},
+        decoding={"use_grammar": True, "grammar_type": "gbnf", "grammar_file": "grammar.gbnf"},
+    )
     case("grammar-missing", [JSON], decoding={"use_grammar": True, "grammar_type": "gbnf", "grammar_file": "nope.gbnf"})
     (case("config-not-object", [JSON]) / "adapter_config.json").write_text("[1, 2]")
     (case("config-not-json", [JSON]) / "adapter_config.json").write_text("{not json")
@@ -502,7 +562,9 @@ def test_adapter_type_disagreeing_with_config_exits_1(lora_runs) -> None:
 def test_sha256_mismatch_exits_1(lora_runs) -> None:
     as_text = lora_runs["sha-mismatch", TEXT]
     assert as_text.returncode == 1
-    assert "error: base_models[0].adapters[0].sha256: sha256 of adapter_model.safetensors does not match" in as_text.stdout
+    assert (
+        "error: base_models[0].adapters[0].sha256: sha256 of adapter_model.safetensors does not match" in as_text.stdout
+    )
     as_json = lora_runs["sha-mismatch", JSON]
     assert as_json.returncode == 1
     assert [e["field"] for e in as_json.json()["errors"]] == ["base_models[0].adapters[0].sha256"]
@@ -562,8 +624,9 @@ def test_grammar_file_missing_is_not_servable(lora_runs) -> None:
     assert f["fate"] == "refused" and "nope.gbnf" in f["detail"]
 
 
-@pytest.mark.parametrize(("name", "fragment"), [("config-not-object", "not a JSON object"),
-                                                ("config-not-json", "unreadable")])
+@pytest.mark.parametrize(
+    ("name", "fragment"), [("config-not-object", "not a JSON object"), ("config-not-json", "unreadable")]
+)
 def test_unreadable_adapter_config_exits_1_without_traceback(lora_runs, name: str, fragment: str) -> None:
     r = lora_runs[name, JSON]
     assert r.returncode == 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from server.manifest import MANIFEST_FILENAME, parse_manifest
+from server.manifest.schema import MANIFEST_FILENAME, parse_manifest
 
 
 def sha256_file(path: Path) -> str:

@@ -1,7 +1,7 @@
 """Find and load the base model a manifest names (`base_models[].name`).
 
 The embedded model's id (HuggingFaceTB/SmolLM2-135M-Instruct) is the prepared folder of
-server.embedded; a name that is an existing folder is that folder; anything else is a
+server.manifest.embedded; a name that is an existing folder is that folder; anything else is a
 Hugging Face id resolved by transformers (local cache first).
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from server.embedded import EMBEDDED_MODEL_ID
+from server.manifest.embedded import EMBEDDED_MODEL_ID
 
 
 class BaseModelError(Exception):
@@ -21,7 +21,7 @@ class BaseModelError(Exception):
 def resolve_base(name: str) -> str:
     """A folder (or Hugging Face id) from which transformers can load the base `name`."""
     if name == EMBEDDED_MODEL_ID:
-        from server.embedded import EmbeddedModelError, prepare
+        from server.manifest.embedded import EmbeddedModelError, prepare
 
         try:
             return str(prepare())

@@ -25,7 +25,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("expert_dir", type=Path, metavar="EXPERT_DIR", help="expert folder (holds manifest.json)")
     parser.add_argument(
-        "--max-steps", type=int, default=None, metavar="N",
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
         help="optimizer steps of each phase (overrides training.config.max_steps and epochs)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)")
@@ -61,11 +64,10 @@ def run_train(expert_dir: Path, max_steps: int | None = None, device: str = "cpu
         # OpenMP threads that spin while waiting make training crawl when other processes
         # share the cores (measured 10x slower); passive waiting costs nothing when idle.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from server.manifest import ManifestError, load_manifest
-
-    from .base_model import BaseModelError, load_tokenizer, resolve_base
-    from .data import DatasetError, load_conversations, tokenize
-    from .plan import PlanError, make_plan
+    from server.manifest.schema import ManifestError, load_manifest
+    from trainer.base_model import BaseModelError, load_tokenizer, resolve_base
+    from trainer.data import DatasetError, load_conversations, tokenize
+    from trainer.plan import PlanError, make_plan
 
     expert_dir = Path(expert_dir)
     # -- 1. manifest and plan, 2. data: everything checked before any model is loaded
@@ -104,12 +106,12 @@ def run_train(expert_dir: Path, max_steps: int | None = None, device: str = "cpu
 
 
 def _train_and_write(plan, base_source, tokenizer, train_set, val_set) -> int:
-    from .artifacts import Staging, describe, update_manifest
-    from .base_model import BaseModelError, pad_id
-    from .loop import TrainError
-    from .lora import ADAPTER_FILES, train_lora
-    from .prompt_tuning import train_soft_prompt
-    from .soft_prompt import save_soft_prompt
+    from server.manifest.soft_prompt import save_soft_prompt
+    from trainer.artifacts import Staging, describe, update_manifest
+    from trainer.base_model import BaseModelError, pad_id
+    from trainer.loop import TrainError
+    from trainer.lora import ADAPTER_FILES, train_lora
+    from trainer.prompt_tuning import train_soft_prompt
 
     start = time.monotonic()
     pad = pad_id(tokenizer)
@@ -130,8 +132,13 @@ def _train_and_write(plan, base_source, tokenizer, train_set, val_set) -> int:
                 _say(_phase_summary("phase 2 soft prompt", r2))
                 staged = staging.dir / "soft_prompt.safetensors"
                 save_soft_prompt(
-                    embeddings, staged,
-                    {"base_model": plan.base_name, "soft_prompt": plan.soft_prompt.name, "trained_on_lora": str(lora_dir is not None)},
+                    embeddings,
+                    staged,
+                    {
+                        "base_model": plan.base_name,
+                        "soft_prompt": plan.soft_prompt.name,
+                        "trained_on_lora": str(lora_dir is not None),
+                    },
                 )
                 staging.add(staged, plan.soft_prompt.path)
             # -- 5. files into place, sha256 into the manifest
@@ -139,9 +146,13 @@ def _train_and_write(plan, base_source, tokenizer, train_set, val_set) -> int:
             for path in placed:
                 _say(f"wrote {path}")
         adapter = (
-            (plan.lora.base_index, plan.lora.adapter_index,
-             describe(plan.expert_dir, f"{plan.lora.path}/adapter_model.safetensors"))
-            if plan.lora else None
+            (
+                plan.lora.base_index,
+                plan.lora.adapter_index,
+                describe(plan.expert_dir, f"{plan.lora.path}/adapter_model.safetensors"),
+            )
+            if plan.lora
+            else None
         )
         soft = (plan.soft_prompt.index, describe(plan.expert_dir, plan.soft_prompt.path)) if plan.soft_prompt else None
         for note in update_manifest(plan.expert_dir, adapter=adapter, soft_prompt=soft):

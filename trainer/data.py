@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -106,10 +107,12 @@ def _check_mapping(field_mapping: dict[str, str] | None) -> dict[str, str]:
     mapping = {name: name for name in CANONICAL_FIELDS}
     for canonical, key in (field_mapping or {}).items():
         if canonical not in CANONICAL_FIELDS:
-            raise DatasetError([
-                f"training.dataset.field_mapping: unknown field '{canonical}' "
-                f"(it maps one of {', '.join(CANONICAL_FIELDS)} to the key used in the rows)"
-            ])
+            raise DatasetError(
+                [
+                    f"training.dataset.field_mapping: unknown field '{canonical}' "
+                    f"(it maps one of {', '.join(CANONICAL_FIELDS)} to the key used in the rows)"
+                ]
+            )
         mapping[canonical] = key
     return mapping
 
@@ -179,11 +182,11 @@ def _chatml_messages(value: Any, key: str) -> list[dict[str, str]]:
         match = _CHATML_TURN.match(text, pos)
         if match is None:
             if text.startswith("<|im_start|>assistant\n", pos):  # last answer without <|im_end|>
-                messages.append({"role": "assistant", "content": text[pos + len("<|im_start|>assistant\n"):]})
+                messages.append({"role": "assistant", "content": text[pos + len("<|im_start|>assistant\n") :]})
                 break
             raise ValueError(
                 f"'{key}' must be ChatML turns '<|im_start|>role\\n...<|im_end|>'; "
-                f"cannot read it from character {pos}: {text[pos:pos + 40]!r}"
+                f"cannot read it from character {pos}: {text[pos : pos + 40]!r}"
             )
         messages.append({"role": match.group(1), "content": match.group(2)})
         pos = match.end()
@@ -212,7 +215,7 @@ def end_of_turn_id(tokenizer: Any) -> int:
     prompt = tokenizer.apply_chat_template(probe[:1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(probe, tokenize=False)
     if full.startswith(prompt + "b"):
-        suffix = full[len(prompt) + 1:]
+        suffix = full[len(prompt) + 1 :]
         ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
         if ids:
             return ids[0]
@@ -272,4 +275,4 @@ def batches(examples: list[Example], batch_size: int, pad_id: int, generator: to
     while True:
         order = torch.randperm(len(examples), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
-            yield collate([examples[i] for i in order[start:start + batch_size]], pad_id)
+            yield collate([examples[i] for i in order[start : start + batch_size]], pad_id)

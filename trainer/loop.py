@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .data import IGNORE_INDEX, Example, batches, collate
+from trainer.data import IGNORE_INDEX, Example, batches, collate
 
 MAX_GRAD_NORM = 1.0
 
@@ -103,7 +103,9 @@ def train(
         recent.append(loss_sum)
         bar.set_postfix(loss=f"{loss_sum:.4f}", avg10=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
         if logging_steps and (step + 1) % logging_steps == 0:
-            bar.write(f"{desc} step {step + 1}/{steps}: loss {sum(recent) / len(recent):.4f} lr {lr:.2e}", file=sys.stderr)
+            bar.write(
+                f"{desc} step {step + 1}/{steps}: loss {sum(recent) / len(recent):.4f} lr {lr:.2e}", file=sys.stderr
+            )
     bar.close()
     model.eval()
     return PhaseResult(steps, sum(recent) / len(recent), first_loss, time.monotonic() - start)
@@ -115,7 +117,7 @@ def evaluate(model: torch.nn.Module, examples: list[Example], batch_size: int, p
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         with _autocast(device):
             total += model(**batch).loss.item() * n
@@ -123,17 +125,35 @@ def evaluate(model: torch.nn.Module, examples: list[Example], batch_size: int, p
     return total / max(1, count)
 
 
-def run_phase(model: torch.nn.Module, examples: list[Example], validation: list[Example] | None, plan, *,
-              pad_id: int, learning_rate: float, desc: str) -> PhaseResult:
+def run_phase(
+    model: torch.nn.Module,
+    examples: list[Example],
+    validation: list[Example] | None,
+    plan,
+    *,
+    pad_id: int,
+    learning_rate: float,
+    desc: str,
+) -> PhaseResult:
     """Train the parameters of `model` that require gradients, as the plan says; then the
     validation loss, when there is a validation set."""
     params = [p for p in model.parameters() if p.requires_grad]
     steps = plan.steps(len(examples))
     result = train(
-        model, params, examples,
-        steps=steps, batch_size=plan.batch_size, grad_accum=plan.grad_accum, learning_rate=learning_rate,
-        warmup=plan.warmup(steps), scheduler=plan.scheduler, pad_id=pad_id, seed=plan.seed,
-        device=plan.device, desc=desc, logging_steps=plan.logging_steps,
+        model,
+        params,
+        examples,
+        steps=steps,
+        batch_size=plan.batch_size,
+        grad_accum=plan.grad_accum,
+        learning_rate=learning_rate,
+        warmup=plan.warmup(steps),
+        scheduler=plan.scheduler,
+        pad_id=pad_id,
+        seed=plan.seed,
+        device=plan.device,
+        desc=desc,
+        logging_steps=plan.logging_steps,
     )
     if validation:
         loss = evaluate(model, validation, plan.batch_size, pad_id, plan.device)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .data import Example
-from .loop import PhaseResult, run_phase
-from .plan import LoraPlan, TrainPlan
+from trainer.data import Example
+from trainer.loop import PhaseResult, run_phase
+from trainer.plan import LoraPlan, TrainPlan
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -43,7 +43,7 @@ def train_lora(
     """Train on `examples` and save the adapter into `out_dir`."""
     from peft import get_peft_model
 
-    from .base_model import load_model
+    from trainer.base_model import load_model
 
     assert plan.lora is not None
     model = load_model(base_source, plan.device)
@@ -51,10 +51,12 @@ def train_lora(
     try:
         model = get_peft_model(model, lora_config(plan.lora))
     except ValueError as exc:  # e.g. target modules not found in the base model
-        from .loop import TrainError
+        from trainer.loop import TrainError
 
         raise TrainError(f"cannot apply the LoRA adapter to {plan.base_name}: {exc}") from None
-    result = run_phase(model, examples, validation, plan, pad_id=pad_id, learning_rate=plan.lora_lr, desc="phase 1 lora")
+    result = run_phase(
+        model, examples, validation, plan, pad_id=pad_id, learning_rate=plan.lora_lr, desc="phase 1 lora"
+    )
     save_adapter(model, out_dir, plan.base_name)
     return result
 

@@ -10,8 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from server.manifest import Manifest, TrainingConfig
-
+from server.manifest.schema import Manifest, TrainingConfig
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -117,13 +116,17 @@ def make_plan(
         for key, cfg_key in (("r", "rank"), ("alpha", "alpha"), ("dropout", "dropout")):
             value = getattr(cfg, cfg_key)
             if value is not None and float(value) != float(lora[key]):
-                notes.append(f"training.config.{cfg_key} is {value} but the adapter says {lora[key]}: the adapter's value is used")
+                notes.append(
+                    f"training.config.{cfg_key} is {value} but the adapter says {lora[key]}: the adapter's value is used"
+                )
     soft_prompt = _soft_prompt_plan(manifest)
     if lora is None and soft_prompt is None:
         raise PlanError("nothing to train: the manifest has neither a lora adapter nor a soft prompt")
     if len(manifest.soft_prompts) > 1:
         rest = ", ".join(sp.name for sp in manifest.soft_prompts[1:])
-        notes.append(f"only the first soft prompt ({manifest.soft_prompts[0].name}) is trained; {rest} left as they are")
+        notes.append(
+            f"only the first soft prompt ({manifest.soft_prompts[0].name}) is trained; {rest} left as they are"
+        )
 
     scheduler = cfg.lr_scheduler or "cosine"
     if scheduler not in SCHEDULERS:
@@ -171,12 +174,13 @@ def ignored_keys(config_keys: set[str]) -> list[str]:
     TRAINER_REFUSALS), shared with the server's field-fates report.
     """
     try:
-        from server.fates import TRAINER_REFUSALS
+        from server.manifest.fates import TRAINER_REFUSALS
     except ImportError:  # the table is informative only: never block training on it
         return []
     return [
         f"training.config.{k} has no effect: {TRAINER_REFUSALS[k]}"
-        for k in sorted(config_keys) if k in TRAINER_REFUSALS
+        for k in sorted(config_keys)
+        if k in TRAINER_REFUSALS
     ]
 
 
@@ -188,8 +192,7 @@ def _lora_plan(adapters: list, cfg: TrainingConfig) -> dict | None:
     adapter = adapters[0]
     if adapter.type != "lora":
         raise PlanError(
-            f"adapter type '{adapter.type}' cannot be trained: only 'lora' adapters are trainable "
-            "(and servable) here"
+            f"adapter type '{adapter.type}' cannot be trained: only 'lora' adapters are trainable (and servable) here"
         )
     r = adapter.r or cfg.rank
     alpha = adapter.alpha or cfg.alpha

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .data import Example
-from .loop import PhaseResult, run_phase
-from .plan import TrainPlan
+from trainer.data import Example
+from trainer.loop import PhaseResult, run_phase
+from trainer.plan import TrainPlan
 
 
 def prompt_tuning_config(plan: TrainPlan, tokenizer_source: str):
@@ -44,13 +44,15 @@ def train_soft_prompt(
     """Returns the trained prompt embeddings [tokens, hidden] (float32) and the phase result."""
     from peft import PeftModel, get_peft_model
 
-    from .base_model import load_model
+    from trainer.base_model import load_model
 
     model = load_model(base_source, plan.device)
     if lora_dir is not None:
         model = PeftModel.from_pretrained(model, str(lora_dir)).merge_and_unload()
     torch.manual_seed(plan.seed)  # RANDOM / SAMPLE_VOCAB initialisation
     model = get_peft_model(model, prompt_tuning_config(plan, base_source))
-    result = run_phase(model, examples, validation, plan, pad_id=pad_id, learning_rate=plan.prompt_lr, desc="phase 2 soft prompt")
+    result = run_phase(
+        model, examples, validation, plan, pad_id=pad_id, learning_rate=plan.prompt_lr, desc="phase 2 soft prompt"
+    )
     embeddings = model.get_prompt_embedding_to_save("default").detach().to("cpu", torch.float32)
     return embeddings, result

@@ -54,10 +54,9 @@ def load_expert(
     is wrapped, not copied, so pass a fresh one per expert)."""
     from peft import PeftModel
 
-    from server.manifest import load_manifest
-
-    from .base_model import load_model, load_tokenizer, resolve_base
-    from .soft_prompt import load_soft_prompt
+    from server.manifest.schema import load_manifest
+    from server.manifest.soft_prompt import load_soft_prompt
+    from trainer.base_model import load_model, load_tokenizer, resolve_base
 
     manifest = load_manifest(expert_dir)
     base, adapters = manifest.bases()[0]
@@ -91,7 +90,7 @@ def load_expert(
 def greedy_tokens(
     expert: LoadedExpert, messages: list[dict], max_new_tokens: int = 16, *, stop_at_eos: bool = True
 ) -> list[int]:
-    from .data import render_prompt
+    from trainer.data import render_prompt
 
     model = expert.model
     embed = model.get_input_embeddings()
