@@ -5,15 +5,27 @@ grammar that cannot be served is found at validation time. `left_recursion` find
 that can derive themselves as their first symbol: xgrammar (an Earley parser) accepts
 them, but GBNF engines without left-recursion support (llama.cpp's) do not, and they are
 costlier to match, so they are reported.
+
+What a grammar may cost is bounded before anything parses it: at most `MAX_GRAMMAR_BYTES`,
+`MAX_GRAMMAR_RULES` rules and `MAX_GRAMMAR_NESTING` nested groups (xgrammar's compile time
+grows faster than linearly with the rules, and deep groups exhaust recursive parsers), and a
+compile that takes longer than `GRAMMAR_COMPILE_SECONDS` is refused. Compiling releases the
+GIL, so a caller that runs this in a worker thread keeps its event loop free.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+MAX_GRAMMAR_BYTES = 100_000
+MAX_GRAMMAR_RULES = 1_000
+MAX_GRAMMAR_NESTING = 64
+GRAMMAR_COMPILE_SECONDS = 30.0
 
 _RULE_HEAD = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\s*::=", re.M)
 _TOKEN = re.compile(
@@ -168,7 +180,7 @@ def left_recursion(text: str) -> list[list[str]]:
             path = [found]
             while path[-1] != start:
                 path.append(prev[path[-1]])
-            cycle = [start] + list(reversed(path[:-1])) + [start]
+            cycle = [start, *reversed(path[:-1]), start]
             seen_in_cycle.update(cycle)
             cycles.append(cycle)
     return cycles
@@ -183,8 +195,46 @@ def _compiler(tokenizer_dir: str) -> Any:
     return xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer))
 
 
-def compile_gbnf(text: str, tokenizer_dir: Path | None) -> GrammarReport:
-    """Parse (and, with a tokenizer, compile) a GBNF grammar with xgrammar."""
+def limits_problem(text: str) -> str | None:
+    """Why `text` is too costly to parse and compile, or None."""
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_GRAMMAR_BYTES:
+        return f"is {size} bytes, over the limit of {MAX_GRAMMAR_BYTES}"
+    stripped = _strip_comments(text)
+    rules = len(_RULE_HEAD.findall(stripped))
+    if rules > MAX_GRAMMAR_RULES:
+        return f"has {rules} rules, over the limit of {MAX_GRAMMAR_RULES}"
+    depth = deepest = 0
+    for token in _TOKEN.findall(stripped):
+        if token == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token == ")":
+            depth -= 1
+    if deepest > MAX_GRAMMAR_NESTING:
+        return f"nests groups {deepest} deep, over the limit of {MAX_GRAMMAR_NESTING}"
+    return None
+
+
+_compile_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar-compile")
+
+
+def compile_gbnf(text: str, tokenizer_dir: Path | None, time_limit: float = GRAMMAR_COMPILE_SECONDS) -> GrammarReport:
+    """Parse (and, with a tokenizer, compile) a GBNF grammar with xgrammar, within the limits."""
+    problem = limits_problem(text)
+    if problem is not None:
+        return GrammarReport(False, f"refused: the grammar {problem}")
+    try:
+        future = _compile_pool.submit(_compile, text, tokenizer_dir)
+        return future.result(timeout=time_limit)
+    except concurrent.futures.TimeoutError:
+        # the compile runs on in its worker (xgrammar cannot be interrupted) and is discarded
+        return GrammarReport(False, f"refused: the grammar did not compile within {time_limit:g} s")
+    except RecursionError:
+        return GrammarReport(False, "refused: the grammar nests too deeply to parse")
+
+
+def _compile(text: str, tokenizer_dir: Path | None) -> GrammarReport:
     import xgrammar
 
     cycles = left_recursion(text)
@@ -212,3 +262,93 @@ def compile_gbnf(text: str, tokenizer_dir: Path | None) -> GrammarReport:
         else "parses with xgrammar (no tokenizer to compile against)"
     )
     return GrammarReport(True, what + note, tuple(" → ".join(c) for c in cycles))
+
+
+# Bounds of numbers in a JSON schema: xgrammar builds integer ranges on 64-bit integers.
+_MAX_SCHEMA_NUMBER = 2**63 - 1
+_NUMERIC_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def json_schema_problem(schema: Any) -> str | None:
+    """Why a request's JSON schema cannot constrain generation, or None: not a valid JSON
+    Schema (draft 2020-12), a `$ref` that points nowhere or only at itself, a numeric bound
+    outside 64-bit integers, or a schema xgrammar (vLLM's structured-output backend) refuses."""
+    import json
+    import math
+
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    if not isinstance(schema, (dict, bool)):
+        return "a JSON schema is an object"
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "(root)"
+        return f"not a valid JSON Schema at {where}: {exc.message[:200]}"
+    except RecursionError:
+        return "the JSON schema nests too deeply"
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in _NUMERIC_KEYWORDS:
+                value = node.get(key)
+                if (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and (not math.isfinite(value) or abs(value) > _MAX_SCHEMA_NUMBER)
+                ):
+                    return f"{key} {value!r} is outside the 64-bit integer range"
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                problem = _ref_problem(schema, node, ref)
+                if problem is not None:
+                    return problem
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if isinstance(schema, dict):
+        import xgrammar
+
+        try:
+            xgrammar.Grammar.from_json_schema(json.dumps(schema))
+        except Exception as exc:  # xgrammar raises RuntimeError with the converter's message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = re.sub(r"^\[[0-9:]+\] \S+:\d+: ", "", first)
+            return f"the JSON schema cannot be turned into a grammar: {first[:200]}"
+    return None
+
+
+def _resolve_local(schema: Any, ref: str) -> Any:
+    if ref == "#":
+        return schema
+    if not ref.startswith("#/"):
+        return None
+    node = schema
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _ref_problem(schema: Any, node: dict[str, Any], ref: str) -> str | None:
+    if not ref.startswith("#"):
+        return f"$ref {ref[:100]!r}: only references inside the schema ('#...') are supported"
+    seen: list[int] = [id(node)]
+    target: Any = node
+    while isinstance(target, dict) and set(target) == {"$ref"}:  # a schema that is only a reference
+        target = _resolve_local(schema, target["$ref"]) if isinstance(target["$ref"], str) else None
+        if target is None:
+            return f"$ref {ref[:100]!r} points nowhere in the schema"
+        if id(target) in seen:
+            return f"$ref {ref[:100]!r} refers only to itself: no value can match"
+        seen.append(id(target))
+    if _resolve_local(schema, ref) is None:
+        return f"$ref {ref[:100]!r} points nowhere in the schema"
+    return None

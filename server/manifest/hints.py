@@ -12,6 +12,13 @@ Resolution rules:
   `requires_kv_cache_persistence`: one value per engine. The first expert in load order that
   asks decides; an expert asking for something else is told it is not honoured and why.
 - On CPU every attention backend is CPU_ATTN: any other request is reported not honoured.
+- A hint another field of the same manifest overrides gets its own outcome saying so:
+  `attention_kernel` beside `attention_backend`, `requires_kv_cache_persistence: true`
+  beside `prefix_caching` (`false` turns the cache off: not honoured).
+- `kv_cache_dtype` is checked against the KV-cache dtypes of the platform's attention backend
+  when the caller knows them; otherwise the outcome says it was not checked.
+- These outcomes are a plan: the engine's own configuration, read back after start
+  (`server/experts/probes.py`), is the evidence.
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ def plan_engine(
     platform: str,
     defaults: dict[str, Any],
     known_backends: frozenset[str] | None = None,
+    kv_cache_dtypes: frozenset[str] | None = None,
 ) -> EnginePlan:
     """Resolve the hints of `experts` (already in load order) against the server defaults.
 
@@ -155,11 +163,26 @@ def plan_engine(
                         )
                     )
                 continue
+        if arg == "kv_cache_dtype" and kv_cache_dtypes is not None and value not in kv_cache_dtypes:
+            for name, r in wishes:
+                plan.reports[name].append(
+                    HintOutcome(
+                        r.field,
+                        arg,
+                        r.value,
+                        defaults.get(arg) or "auto",
+                        False,
+                        f"the {platform} attention backend supports kv_cache_dtype {sorted(kv_cache_dtypes)}",
+                    )
+                )
+            continue
         plan.engine_args[arg] = value
         plan.deciders[arg] = decider_name
+        unchecked = arg == "kv_cache_dtype" and kv_cache_dtypes is None
         for name, r in wishes:
             if r.value == value:
-                plan.reports[name].append(HintOutcome(r.field, arg, r.value, value, True, "engine arg set"))
+                reason = "engine arg set" + ("; not checked against the platform" if unchecked else "")
+                plan.reports[name].append(HintOutcome(r.field, arg, r.value, value, True, reason))
             else:
                 plan.reports[name].append(
                     HintOutcome(
@@ -171,7 +194,62 @@ def plan_engine(
                         f"conflicts with expert {decider_name!r}, first in load order, which set {value!r}",
                     )
                 )
+    runtimes = dict(experts)
+    for name in plan.reports:
+        plan.reports[name] += shadowed(runtimes.get(name), plan.reports[name])
     return plan
+
+
+def shadowed(runtime: Runtime | None, outcomes: list[HintOutcome]) -> list[HintOutcome]:
+    """Outcomes of the hints another field of the same runtime block overrides (see the module
+    docstring); `outcomes` are those of the fields that decide."""
+    if runtime is None:
+        return []
+    by_field = {o.field: o for o in outcomes}
+    out: list[HintOutcome] = []
+    backend = by_field.get("runtime.attention_backend")
+    if runtime.attention_kernel is not None and backend is not None:
+        mapped = ATTENTION_KERNELS.get(runtime.attention_kernel.lower(), runtime.attention_kernel)
+        if mapped == backend.requested:
+            out.append(
+                HintOutcome(
+                    "runtime.attention_kernel",
+                    "attention_backend",
+                    mapped,
+                    backend.effective,
+                    backend.honoured,
+                    f"same backend as runtime.attention_backend: {backend.reason}",
+                )
+            )
+        else:
+            out.append(
+                HintOutcome(
+                    "runtime.attention_kernel",
+                    "attention_backend",
+                    mapped,
+                    backend.effective,
+                    False,
+                    f"overridden by runtime.attention_backend={backend.requested!r}",
+                )
+            )
+    prefix = by_field.get("runtime.prefix_caching")
+    if runtime.requires_kv_cache_persistence and prefix is not None:
+        on = bool(prefix.effective) and prefix.honoured and bool(runtime.prefix_caching)
+        out.append(
+            HintOutcome(
+                "runtime.requires_kv_cache_persistence",
+                "enable_prefix_caching",
+                True,
+                prefix.effective,
+                on,
+                f"as runtime.prefix_caching: {prefix.reason}"
+                if on
+                else "runtime.prefix_caching: false in this manifest turns prefix caching off"
+                if runtime.prefix_caching is False
+                else f"prefix caching is off: {prefix.reason}",
+            )
+        )
+    return out
 
 
 def engine_wide_diff(old: Runtime | None, new: Runtime | None) -> dict[str, tuple[Any, Any]]:
@@ -181,7 +259,13 @@ def engine_wide_diff(old: Runtime | None, new: Runtime | None) -> dict[str, tupl
     return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
 
 
-def hints_against_engine(runtime: Runtime | None, engine_args: dict[str, Any], *, platform: str) -> list[HintOutcome]:
+def hints_against_engine(
+    runtime: Runtime | None,
+    engine_args: dict[str, Any],
+    *,
+    platform: str,
+    kv_cache_dtypes: frozenset[str] | None = None,
+) -> list[HintOutcome]:
     """Report for an expert loaded into a running engine: its hints are honoured where the
     engine already has what they ask for; changing an engine arg needs a restart."""
     out: list[HintOutcome] = []
@@ -210,6 +294,17 @@ def hints_against_engine(runtime: Runtime | None, engine_args: dict[str, Any], *
                     f"on CPU every attention backend is {CPU_ATTENTION}",
                 )
             )
+        elif r.engine_arg == "kv_cache_dtype" and kv_cache_dtypes is not None and r.value not in kv_cache_dtypes:
+            out.append(
+                HintOutcome(
+                    r.field,
+                    r.engine_arg,
+                    r.value,
+                    have if have is not None else "auto",
+                    False,
+                    f"the {platform} attention backend supports kv_cache_dtype {sorted(kv_cache_dtypes)}",
+                )
+            )
         elif have == r.value:
             out.append(HintOutcome(r.field, r.engine_arg, r.value, have, True, "engine arg set"))
         else:
@@ -223,4 +318,4 @@ def hints_against_engine(runtime: Runtime | None, engine_args: dict[str, Any], *
                     "the running engine was started with another value; changing it needs a restart",
                 )
             )
-    return out
+    return out + shadowed(runtime, out)

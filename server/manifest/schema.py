@@ -9,6 +9,7 @@ Rules, checked here and nowhere else:
 - any other unknown key is an error naming its full path and the nearest known key;
 - ranges, enums and cross-field rules (v1 xor v2 base, rank and alpha for LoRA-like
   adapters, `tokens` for a soft prompt, sampling ranges, stop sequences as strings).
+  The sampling fields' ranges and rules are defined once, in `sampling.py`, and applied here.
 
 This module imports neither fastapi, torch nor vllm: the trainer imports it cheaply.
 """
@@ -20,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -31,6 +32,9 @@ from pydantic import (
     model_validator,
 )
 
+from server.manifest.jsontext import JSONLimitError, loads_bounded
+from server.manifest.sampling import manifest_field, manifest_rules
+
 MANIFEST_FILENAME = "manifest.json"
 SCHEMA_VERSIONS = ("1.0", "2.0")
 ADAPTER_TYPES = ("lora", "dora", "ia3", "lokr", "adalora")
@@ -39,8 +43,17 @@ GRAMMAR_TYPES_JSON = ("json",)
 # An expert name is the OpenAI `model` id and a folder name: never a path.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+# hivellm's `format: uri`: a scheme, then a non-empty rest without spaces
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^\s/]+\S*$")
+# A version is hivellm's `x.y.z`, with an optional semver pre-release and build suffix of
+# dot-separated ASCII letters, digits and '-': it is shown in headers and log lines, never a path.
+VERSION_PATTERN = r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
+_VERSION_RE = re.compile(VERSION_PATTERN)
+MAX_VERSION_LENGTH = 64
+# A manifest is a few kilobytes; these bound what reading one can cost.
+MAX_MANIFEST_BYTES = 1_000_000
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 
 class FieldRule(ValueError):
@@ -84,8 +97,8 @@ def _is_comment(key: Any) -> bool:
 
 
 class RopeScaling(_Strict):
-    type: str | None = None
-    factor: float | None = Field(default=None, gt=0)
+    type: Literal["ntk-by-parts", "yarn", "dynamic", "linear"] | None = None  # hivellm's enum
+    factor: float | None = Field(default=None, ge=1)
     max_position_embeddings: int | None = Field(default=None, ge=1)
     original_max_position_embeddings: int | None = Field(default=None, ge=1)
     fine_grained: bool | None = None
@@ -95,9 +108,9 @@ class Adapter(_Strict):
     type: Literal["lora", "dora", "ia3", "lokr", "adalora"]
     path: str | None = None  # folder of adapter_config.json, relative to the expert; default "."
     target_modules: list[str] | None = None
-    r: int | None = Field(default=None, ge=1, le=1024)
+    r: int | None = Field(default=None, ge=1, le=256)  # hivellm's range
     alpha: float | None = Field(default=None, gt=0)
-    scaling: str | None = None
+    scaling: Literal["default", "standard", "dora", "learned"] | None = None  # hivellm's enum
     dropout: float | None = Field(default=None, ge=0, lt=1)
     size_bytes: int | None = Field(default=None, ge=0)
     sha256: str | None = None
@@ -120,7 +133,7 @@ class Adapter(_Strict):
 class BaseModelSpec(_Strict):
     name: str = Field(min_length=1)
     sha256: str | None = None
-    quantization: str | None = None
+    quantization: Literal["int4", "int8", "fp16", "bf16", "none"] | None = None  # hivellm's enum
     rope_scaling: RopeScaling | None = None
     prompt_template: str | None = None
     adapters: list[Adapter] | None = None  # v2 only
@@ -137,7 +150,7 @@ class BaseModelSpec(_Strict):
 class SoftPrompt(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     path: str = Field(min_length=1)
-    tokens: int = Field(ge=1, le=4096)
+    tokens: int = Field(ge=1, le=512)  # hivellm's range
     init_method: Literal["text", "random", "vocab_sample"] | None = None
     init_text: str | None = None
     purpose: str | None = None
@@ -159,30 +172,24 @@ class SoftPrompt(_Strict):
 
 
 class Decoding(_Strict):
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = None
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    max_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
-    stop_sequences: list[str] | None = None
+    # sampling defaults: ranges and rules come from server.manifest.sampling
+    temperature: float | None = manifest_field("temperature")
+    top_p: float | None = manifest_field("top_p")
+    top_k: int | None = manifest_field("top_k")
+    min_p: float | None = manifest_field("min_p")
+    repetition_penalty: float | None = manifest_field("repetition_penalty")
+    presence_penalty: float | None = manifest_field("presence_penalty")
+    frequency_penalty: float | None = manifest_field("frequency_penalty")
+    max_tokens: int | None = manifest_field("max_tokens")
+    seed: int | None = manifest_field("seed")
+    stop_sequences: list[str] | None = manifest_field("stop_sequences")
     use_grammar: bool | None = None
     grammar_type: str | None = None
     grammar_file: str | None = None
     validation: str | None = None
     validation_cmd: str | None = None
 
-    _top_k = field_validator("top_k")(classmethod(lambda cls, v: check_top_k(v)))
-
-    @field_validator("stop_sequences")
-    @classmethod
-    def _stops(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and any(s == "" for s in v):
-            raise ValueError("stop sequences must be non-empty strings")
-        return v
+    _sampling_rules = manifest_rules()
 
 
 class DatasetSource(_Strict):
@@ -197,7 +204,7 @@ class Dataset(_Strict):
     path: str | None = None
     validation_path: str | None = None
     test_path: str | None = None
-    format: str | None = None
+    format: Literal["jsonl", "huggingface", "csv", "parquet"] | None = None  # hivellm's enum
     streaming: bool | None = None
     source: str | None = None
     sources: list[DatasetSource] | None = None
@@ -212,29 +219,31 @@ class Dataset(_Strict):
 class TrainingConfig(_Strict):
     """Every key found in real hivellm manifests; `fates.py` says which the trainer honours."""
 
-    method: str | None = None
+    method: Literal["sft", "rlhf", "dpo"] | None = None  # hivellm's enum
     adapter_type: Literal["lora", "dora", "ia3", "lokr", "adalora"] | None = None
-    rank: int | None = Field(default=None, ge=1)
+    rank: int | None = Field(default=None, ge=1, le=256)
     alpha: float | None = Field(default=None, gt=0)
     dropout: float | None = Field(default=None, ge=0, lt=1)
     target_modules: list[str] | None = None
     epochs: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
+    prompt_epochs: float | None = Field(default=None, gt=0)  # soft-prompt phase; default: epochs
+    prompt_max_steps: int | None = Field(default=None, ge=1)  # soft-prompt phase; default: max_steps
     learning_rate: float | None = Field(default=None, gt=0)
     prompt_learning_rate: float | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, ge=1)
     gradient_accumulation_steps: int | None = Field(default=None, ge=1)
     warmup_steps: int | None = Field(default=None, ge=0)
     warmup_ratio: float | None = Field(default=None, ge=0, le=1)
-    lr_scheduler: str | None = None
+    lr_scheduler: Literal["linear", "cosine", "constant", "polynomial", "cosine_with_restarts"] | None = None
     max_seq_length: int | None = Field(default=None, ge=8)
     seed: int | None = None
     logging_steps: int | None = Field(default=None, ge=1)
     save_steps: int | None = Field(default=None, ge=1)
-    save_strategy: str | None = None
+    save_strategy: Literal["no", "steps", "epoch"] | None = None
     save_total_limit: int | None = None
     eval_steps: int | None = Field(default=None, ge=1)
-    evaluation_strategy: str | None = None
+    evaluation_strategy: Literal["no", "steps", "epoch"] | None = None
     load_best_model_at_end: bool | None = None
     metric_for_best_model: str | None = None
     greater_is_better: bool | None = None
@@ -248,7 +257,7 @@ class TrainingConfig(_Strict):
     group_by_length: bool | None = None
     gradient_checkpointing: bool | None = None
     activation_checkpointing: str | None = None
-    optim: str | None = None
+    optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "sgd"] | None = None
     use_unsloth: bool | None = None
     torch_compile: bool | None = None
     torch_compile_backend: str | None = None
@@ -275,10 +284,10 @@ class Training(_Strict):
     dataset: Dataset | None = None
     config: TrainingConfig | None = None
     decoding: Decoding | None = None
-    trained_on: str | None = None
+    trained_on: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}([T ][0-9:.+\-Z]*)?$")  # ISO 8601 date
     base_model_version: str | None = None
     checkpoint: str | None = None
-    packaging_checkpoint: str | None = None
+    packaging_checkpoint: str | None = Field(default=None, pattern=r"^(checkpoint-\d+|final)$")
     alternative_checkpoints: dict[str, AlternativeCheckpoint] | None = None
 
 
@@ -305,7 +314,7 @@ class Routing(_Strict):
 
 class Constraints(_Strict):
     max_chain: int | None = Field(default=None, ge=1)
-    load_order: int | None = None
+    load_order: int | None = Field(default=None, ge=0)
     incompatible_with: list[str] | None = None
     requires: list[str] | None = None
 
@@ -366,15 +375,25 @@ class Integrity(_Strict):
 
 class Evaluation(_Strict):
     test_cases: str | list[dict[str, Any]] | None = None
+    # how `expert eval` scores an answer: the same text or JSON value as the target, or, for SQL
+    # experts, the same rows as the target query on `database` (a SQLite file in the expert folder)
+    metric: Literal["exact_match", "sql_execution"] | None = None
+    database: str | None = None
+
+    @model_validator(mode="after")
+    def _database_for_sql(self) -> Evaluation:
+        if self.metric == "sql_execution" and not self.database:
+            raise ValueError("metric 'sql_execution' needs 'database' (a SQLite file in the expert folder)")
+        return self
 
 
 class Manifest(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    version: str = Field(min_length=1)
+    version: str = Field(min_length=1, max_length=MAX_VERSION_LENGTH)
     schema_version: Literal["1.0", "2.0"] = "1.0"
     description: str | None = None
     author: str | None = None
-    homepage: str | None = None
+    homepage: str | None = None  # a URI (checked below, as hivellm's format: uri)
     repository: str | dict[str, str] | None = None
     license: str | None = None
     tags: list[str] | None = None
@@ -392,6 +411,33 @@ class Manifest(_Strict):
     constraints: Constraints | None = None
     evaluation: Evaluation | None = None
     integrity: Integrity | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not _VERSION_RE.fullmatch(v):
+            raise ValueError(
+                "version must be x.y.z (digits), optionally followed by -pre.release and/or +build "
+                "of ASCII letters, digits, '-' and '.'"
+            )
+        return v
+
+    @field_validator("homepage")
+    @classmethod
+    def _homepage_uri(cls, v: str | None) -> str | None:
+        if v is not None and not _URI.match(v):
+            raise ValueError("homepage must be an absolute URI (e.g. https://example.org)")
+        return v
+
+    @field_validator("repository")
+    @classmethod
+    def _repository_uri(cls, v: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        if isinstance(v, dict):
+            if "url" in v and not _URI.match(v["url"]):
+                raise FieldRule("url", "repository.url must be an absolute URI")
+            if "type" in v and v["type"] != "git":
+                raise FieldRule("type", "repository.type must be 'git'")
+        return v
 
     @model_validator(mode="after")
     def _one_base_shape(self) -> Manifest:
@@ -437,13 +483,6 @@ class Manifest(_Strict):
         if self.constraints and self.constraints.load_order is not None:
             return self.constraints.load_order
         return 0
-
-
-def check_top_k(v: int | None) -> int | None:
-    """top_k is >= 1, or -1 for no limit (vLLM's convention); shared with the request model."""
-    if v is not None and v != -1 and v < 1:
-        raise ValueError("top_k must be >= 1, or -1 for no limit")
-    return v
 
 
 def _check_sha256(v: str | None) -> str | None:
@@ -601,17 +640,23 @@ def parse_manifest(data: Any) -> Manifest:
 def read_manifest_json(path: Path) -> Any:
     """Decoded JSON of a manifest file, or ManifestError for a missing or unreadable file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError([SchemaIssue("", f"manifest over {MAX_MANIFEST_BYTES} bytes")])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ManifestError([SchemaIssue("", f"no manifest at {path}")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError([SchemaIssue("", f"cannot read {path}: {exc}")]) from None
     try:
-        return json.loads(text)
+        return loads_bounded(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(
             [SchemaIssue("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
         ) from None
+    except JSONLimitError as exc:
+        raise ManifestError([SchemaIssue("", str(exc))]) from None
 
 
 def load_manifest(path: Path) -> Manifest:

@@ -33,10 +33,7 @@ def load_soft_prompt(path: Path) -> torch.Tensor:
         raise ValueError(f"soft prompt {path}: unsupported file type '{suffix}' (expected {', '.join(SUFFIXES)})")
     if not path.is_file():
         raise ValueError(f"soft prompt {path}: file not found")
-    if suffix == ".safetensors":
-        tensor = _from_safetensors(path)
-    else:
-        tensor = _from_torch_file(path)
+    tensor = _from_safetensors(path) if suffix == ".safetensors" else _from_torch_file(path)
     if tensor.dim() != 2 or 0 in tensor.shape:
         raise ValueError(f"soft prompt {path}: expected a 2-D tensor [tokens, hidden], got shape {list(tensor.shape)}")
     if not tensor.is_floating_point():
@@ -104,7 +101,7 @@ def load_embedding_matrix(model_path: str) -> torch.Tensor:
         folder = Path(snapshot_download(model_path, allow_patterns=["*.safetensors", "*.json"]))
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118  safe_open has keys() but is not iterable
                 if key.endswith("embed_tokens.weight") or key.endswith("wte.weight"):
                     return f.get_tensor(key)
     raise RuntimeError(f"no input embedding matrix found in {folder}")
