@@ -7,16 +7,25 @@ through the LoRA-wrapped embedding layer, whose LoRA token mapping covers the wh
 `einsum` then fails on the size mismatch and the engine dies. Adapters served here never
 target the embedding layer (artifacts.py refuses those that do), so the LoRA delta of the
 embedding is zero and the subset is embedded by the base layer alone.
+
+It also installs this project's CPU LoRA ops (server/engine/lora_ops.py) in vLLM's
+`PunicaWrapperCPU`, unless `EXPERT_LORA_OPS=vllm` keeps vLLM's PyTorch-native ones. The
+token-to-adapter plan is made once per batch mapping (`update_metadata`) and shared by every
+LoRA layer of the step.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger("expert_gateway.vllm_plugin")
 
+LORA_OPS_ENV = "EXPERT_LORA_OPS"  # the setting `lora_ops`, as the engine processes see it
+
 
 def register() -> None:
+    _install_lora_ops()
     try:
         from vllm.lora.layers.vocab_parallel_embedding import VocabParallelEmbeddingWithLoRA
     except ImportError:  # another vLLM layout: nothing to patch
@@ -33,4 +42,63 @@ def register() -> None:
         return original(self, x)
 
     forward._expert_gateway_patched = True  # type: ignore[attr-defined]
-    VocabParallelEmbeddingWithLoRA.forward = forward
+    VocabParallelEmbeddingWithLoRA.forward = forward  # type: ignore[method-assign]  # patching vLLM's layer is the point
+
+
+def _install_lora_ops() -> None:
+    """Route `PunicaWrapperCPU`'s shrink and expand (prefill and decode, slices included)
+    through server/engine/lora_ops.py, with one plan per batch mapping."""
+    choice = os.environ.get(LORA_OPS_ENV, "project")
+    if choice == "vllm":
+        return
+    if choice != "project":
+        log.warning("expert-gateway plugin: %s must be 'project' or 'vllm'; keeping vLLM's LoRA ops", LORA_OPS_ENV)
+        return
+    try:
+        from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+    except ImportError:  # another vLLM layout: nothing to patch
+        log.warning("expert-gateway plugin: PunicaWrapperCPU not found; vLLM's LoRA ops stay")
+        return
+    if getattr(PunicaWrapperCPU, "_expert_gateway_lora_ops", False):
+        return
+    from server.engine import lora_ops
+
+    update_metadata = PunicaWrapperCPU.update_metadata
+
+    def update_metadata_and_plan(self, mapping, lora_index_to_id, *args, **kwargs):
+        update_metadata(self, mapping, lora_index_to_id, *args, **kwargs)
+        # which adapter each slot holds: the stacked weights are reused while it stays so
+        self._expert_plan = lora_ops.plan_batch(self.token_lora_indices, list(lora_index_to_id))
+
+    def plan(self):
+        found = getattr(self, "_expert_plan", None)
+        if found is None or found.num_tokens != self.token_lora_indices.shape[0]:
+            found = self._expert_plan = lora_ops.plan_batch(self.token_lora_indices)
+        return found
+
+    def shrink(self, y, x, w_t_all, scale):
+        lora_ops.bgmv_shrink(x, w_t_all, y, self.token_lora_indices, scale, plan=plan(self))
+
+    def expand(self, y, x, w_t_all, add_inputs):
+        lora_ops.bgmv_expand(x, w_t_all, y, self.token_lora_indices, add_inputs, plan=plan(self))
+
+    def expand_slice(self, y, x, w_t_all, y_offset, y_slice_size, add_inputs):
+        lora_ops.bgmv_expand_slice(
+            x, w_t_all, y, self.token_lora_indices, y_offset, y_slice_size, add_inputs, plan=plan(self)
+        )
+
+    # prefill and decode differ only in how vLLM's torch ops receive the token-to-slot map
+    # (runs of tokens or one slot per token); both are `token_lora_indices`, planned once
+    patches = {
+        "update_metadata": update_metadata_and_plan,
+        "_shrink_prefill": shrink,
+        "_shrink_decode": shrink,
+        "_expand_prefill": expand,
+        "_expand_decode": expand,
+        "_expand_slice_prefill": expand_slice,
+        "_expand_slice_decode": expand_slice,
+    }
+    for name, function in patches.items():
+        setattr(PunicaWrapperCPU, name, function)
+    PunicaWrapperCPU._expert_gateway_lora_ops = True  # type: ignore[attr-defined]
+    log.info("expert-gateway plugin: CPU LoRA ops from server/engine/lora_ops.py")

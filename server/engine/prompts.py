@@ -1,8 +1,10 @@
 """From chat messages to what the engine takes: token ids, or prompt embeddings.
 
-Messages are rendered with the base tokenizer's chat template (every `prompt_template` a
-manifest may name maps to it: see fates.KNOWN_TEMPLATES) and tokenised here, so that the
-gateway knows the prompt length before the engine sees the request. A soft prompt is
+Messages are rendered in the expert's prompt format (`base_models[].prompt_template`: the
+base tokenizer's own chat template, or hivellm's `qwen3` / legacy `chatml`) by
+server.manifest.prompt_formats.render_prompt, the function the trainer renders its rows
+with, and tokenised here, so that the gateway knows the prompt length before the engine
+sees the request. A soft prompt is
 prepended as embeddings: `[soft prompt ; embedding(token ids)]`, the token embeddings
 taken from the base model's own embedding matrix.
 """
@@ -13,6 +15,7 @@ import threading
 from typing import Any
 
 from server.errors import InvalidRequest
+from server.manifest import prompt_formats
 from server.manifest.soft_prompt import load_embedding_matrix
 
 
@@ -25,9 +28,19 @@ class PromptBuilder:
         self._embeddings: Any = None
         self._lock = threading.Lock()
 
-    def render(self, messages: list[dict[str, str]]) -> list[int]:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        template: str | None = None,
+        capabilities: list[str] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[int]:
+        """Token ids of the prompt in the prompt format `template` (None: the tokenizer's own);
+        `tools` go to the tokenizer's chat template."""
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = prompt_formats.render_prompt(
+                template, messages, capabilities=capabilities, tokenizer=self.tokenizer, tools=tools
+            )
         except Exception as exc:  # a template may refuse a role order
             raise InvalidRequest(f"the chat template cannot render these messages: {exc}", param="messages") from None
         return list(self.tokenizer.encode(text, add_special_tokens=False))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from server.errors import EngineFailure, InvalidRequest, NotReady
+from server.manifest.sampling import Sampling, StructuredOutput
 
 log = logging.getLogger("expert_gateway.engine")
 
@@ -34,10 +35,29 @@ class LoRAHandle:
 class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
-    sampling: dict[str, Any]  # resolved values (see sampling.py)
+    sampling: Sampling  # resolved values (see server/manifest/sampling.py)
     prompt_embeds: Any = None  # torch.Tensor [n, hidden] when a soft prompt is prepended
     lora: LoRAHandle | None = None
-    structured: tuple[str, Any] | None = None  # ("json_object", True) | ("json", schema) | ("grammar", text)
+    structured: StructuredOutput | None = None
+    logprobs: int | None = None  # report log probabilities with this many alternatives per token; None: none
+    logit_bias: dict[int, float] | None = None  # token id -> bias added to its logit
+
+
+@dataclass(frozen=True)
+class TopToken:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability, and the most likely tokens at its position (by rank)."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopToken, ...] = ()
 
 
 @dataclass
@@ -46,6 +66,7 @@ class Completion:
     text: str  # the new text since the previous step (steps are deltas)
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked for
 
 
 @dataclass
@@ -56,9 +77,10 @@ class GenerationStep:
 
 
 class Engine(Protocol):
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]: ...
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]: ...
     async def add_lora(self, handle: LoRAHandle) -> None: ...
     async def remove_lora(self, handle: LoRAHandle) -> None: ...
+    async def list_loras(self) -> set[int]: ...
     async def check_health(self) -> None: ...
     def shutdown(self) -> None: ...
 
@@ -72,10 +94,43 @@ def known_attention_backends() -> frozenset[str]:
     return frozenset(b.name for b in AttentionBackendEnum)
 
 
+def supported_kv_cache_dtypes(platform: str) -> frozenset[str] | None:
+    """The KV-cache dtypes the platform's attention backend accepts; None where the backend
+    is chosen at engine start (CUDA: it depends on the GPU)."""
+    if platform != "cpu":
+        return None
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    return frozenset(CPUAttentionBackend.supported_kv_cache_dtypes)
+
+
 def configure_cpu_environment() -> None:
     """vLLM CPU settings that must be in the environment before the engine starts."""
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max((os.cpu_count() or 1) - 1, 0)}")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def _token_logprobs(output: Any, req: GenerationRequest) -> list[TokenLogprob] | None:
+    """vLLM's per-token logprob dicts (the sampled token, and the top `req.logprobs` by rank) as
+    TokenLogprob; alternatives sorted by rank, the sampled token's own entry kept only if ranked."""
+    if req.logprobs is None or output.logprobs is None:
+        return None
+    out = []
+    for token_id, position in zip(output.token_ids, output.logprobs, strict=False):
+        ranked = sorted(
+            (lp.rank or 0, tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= req.logprobs
+        )
+        top = tuple(TopToken(tid, lp.decoded_token or "", float(lp.logprob)) for _, tid, lp in ranked)
+        own = position.get(token_id)
+        out.append(
+            TokenLogprob(
+                token_id,
+                (own.decoded_token if own is not None else None) or "",
+                float(own.logprob) if own is not None else float("-inf"),
+                top,
+            )
+        )
+    return out
 
 
 class VLLMEngine:
@@ -102,28 +157,19 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        s = req.sampling
         structured = None
         if req.structured is not None:
-            kind, value = req.structured
-            structured = StructuredOutputsParams(**{kind: value})
+            structured = StructuredOutputsParams(**req.structured.to_structured_outputs_kwargs())
         return SamplingParams(
-            n=s["n"],
-            temperature=s["temperature"],
-            top_p=s["top_p"],
-            top_k=s["top_k"],
-            min_p=s["min_p"],
-            repetition_penalty=s["repetition_penalty"],
-            presence_penalty=s["presence_penalty"],
-            frequency_penalty=s["frequency_penalty"],
-            max_tokens=s["max_tokens"],
-            seed=s["seed"],
-            stop=list(s["stop"]) or None,
+            **req.sampling.to_sampling_params_kwargs(),
             structured_outputs=structured,
+            logprobs=req.logprobs,
+            logit_bias=req.logit_bias,
             output_kind=RequestOutputKind.DELTA,
         )
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationStep]:
+        from vllm.exceptions import VLLMClientError
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -137,12 +183,15 @@ class VLLMEngine:
         lora = LoRARequest(req.lora.name, req.lora.id, req.lora.path) if req.lora else None
         try:
             params = self._sampling_params(req)
-        except ValueError as exc:  # vLLM's own checks of sampling values
+        except (ValueError, VLLMClientError) as exc:  # vLLM's own checks of sampling values
             raise InvalidRequest(str(exc)) from None
         try:
             async for out in self._llm.generate(prompt, params, req.request_id, lora_request=lora):
                 yield GenerationStep(
-                    completions=[Completion(o.index, o.text, list(o.token_ids), o.finish_reason) for o in out.outputs],
+                    completions=[
+                        Completion(o.index, o.text, list(o.token_ids), o.finish_reason, _token_logprobs(o, req))
+                        for o in out.outputs
+                    ],
                     prompt_tokens=len(out.prompt_token_ids or [])
                     or (
                         int(req.prompt_embeds.shape[0]) if req.prompt_embeds is not None else len(req.prompt_token_ids)
@@ -152,15 +201,82 @@ class VLLMEngine:
         except EngineDeadError:
             self._dead = True
             log.error("the vLLM engine died")
-            raise NotReady("the engine died; the server needs a restart") from None
+            raise NotReady("the engine died; the server is exiting to be restarted") from None
         except (asyncio.CancelledError, GeneratorExit):
             # AsyncLLM aborts the request itself when its generator is cancelled.
             raise
-        except ValueError as exc:
+        except (ValueError, VLLMClientError) as exc:  # VLLMValidationError is not a ValueError
             raise InvalidRequest(str(exc)) from None
         except Exception as exc:
             log.exception("generation failed")
             raise EngineFailure("generation failed in the engine") from exc
+
+    def engine_config(self) -> dict[str, Any]:
+        """The running engine's own configuration (its `vllm_config`), for the engine args the
+        manifests' runtime hints ask for: what the engine runs with, not what was asked."""
+        from vllm.platforms import current_platform
+
+        config = self._llm.vllm_config
+        backend = getattr(getattr(config, "attention_config", None), "backend", None)
+        chosen = getattr(backend, "name", None)
+        if current_platform.is_cpu():
+            chosen = "CPU_ATTN"  # vLLM's CPU platform runs every model's attention with it
+        return {
+            "attention_backend": chosen or "auto",
+            "enable_prefix_caching": bool(config.cache_config.enable_prefix_caching),
+            "kv_cache_dtype": str(config.cache_config.cache_dtype),
+            "max_model_len": int(config.model_config.max_model_len),
+        }
+
+    async def probe(
+        self,
+        request_id: str,
+        *,
+        prompt_token_ids: list[int] | None = None,
+        prompt_embeds: Any = None,
+        lora: LoRAHandle | None = None,
+        max_tokens: int = 1,
+        logprobs: int | None = None,
+        stop: list[str] | None = None,
+        grammar: str | None = None,
+        json_object: bool = False,
+    ) -> dict[str, Any]:
+        """One greedy generation for a load-time probe: the text, the token ids, the finish
+        reason and, with `logprobs`, the top log-probabilities of the first token."""
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = None
+        if grammar is not None:
+            structured = StructuredOutputsParams(grammar=grammar)
+        elif json_object:
+            structured = StructuredOutputsParams(json_object=True)
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            stop=stop or None,
+            structured_outputs=structured,
+        )
+        prompt: dict[str, Any] = (
+            {"prompt_embeds": prompt_embeds} if prompt_embeds is not None else {"prompt_token_ids": prompt_token_ids}
+        )
+        lora_request = LoRARequest(lora.name, lora.id, lora.path) if lora else None
+        final = None
+        async for out in self._llm.generate(prompt, params, request_id, lora_request=lora_request):
+            final = out
+        assert final is not None
+        o = final.outputs[0]
+        first: dict[int, float] = {}
+        if logprobs and o.logprobs:
+            first = {int(t): float(lp.logprob) for t, lp in o.logprobs[0].items()}
+        return {
+            "text": o.text,
+            "token_ids": list(o.token_ids),
+            "finish_reason": o.finish_reason,
+            "logprobs": first,
+        }
 
     async def add_lora(self, handle: LoRAHandle) -> None:
         from vllm.lora.request import LoRARequest
@@ -171,6 +287,10 @@ class VLLMEngine:
 
     async def remove_lora(self, handle: LoRAHandle) -> None:
         await self._llm.remove_lora(handle.id)
+
+    async def list_loras(self) -> set[int]:
+        """The ids of the adapters the engine holds in its adapter cache now."""
+        return set(await self._llm.list_loras())
 
     async def check_health(self) -> None:
         await self._llm.check_health()
