@@ -17,17 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import Conflict, InvalidRequest, NotFound, Unprocessable
-from server.experts.registry import ExpertLoadError, Registry
+from server.experts.loader import ExpertLoadError, Loader, loaded_versions, manifest_issues, read_expert
+from server.experts.registry import Registry
 from server.manifest.hints import engine_wide_diff
-from server.manifest.schema import MANIFEST_FILENAME, ManifestError, is_plain_name, parse_manifest, read_manifest_json
+from server.manifest.schema import MANIFEST_FILENAME, ManifestError, is_plain_name
 from server.metrics import Metrics
 
 log = logging.getLogger("expert_gateway.lifecycle")
 
 
 class Lifecycle:
-    def __init__(self, registry: Registry, experts_dir: Path, metrics: Metrics):
+    def __init__(self, registry: Registry, loader: Loader, experts_dir: Path, metrics: Metrics):
         self.registry = registry
+        self.loader = loader
         self.experts_dir = experts_dir
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
@@ -51,9 +53,12 @@ class Lifecycle:
             try:
                 result = await self._reload(name, folder, start)
             except Exception as exc:
-                outcome = {Conflict: "conflict", Unprocessable: "invalid", NotFound: "not_found"}.get(
-                    type(exc), "error"
-                )
+                outcomes: dict[type[Exception], str] = {
+                    Conflict: "conflict",
+                    Unprocessable: "invalid",
+                    NotFound: "not_found",
+                }
+                outcome = outcomes.get(type(exc), "error")
                 self.metrics.reloads.labels(name, outcome).inc()
                 self.metrics.reload_duration.labels(name).observe(time.perf_counter() - start)
                 raise
@@ -66,12 +71,13 @@ class Lifecycle:
             raise NotFound(f"no expert folder {name!r} with a {MANIFEST_FILENAME}", param="name")
         old = self.registry.get(name)
         try:
-            manifest = parse_manifest(read_manifest_json(folder / MANIFEST_FILENAME))
+            parsed = await asyncio.to_thread(read_expert, folder)  # off the event loop, like the file checks
         except ManifestError as exc:
             raise Unprocessable(
                 f"expert {name!r} failed validation; the old version keeps serving",
-                details=[f"{i.field or '<manifest>'}: {i.message}" for i in exc.issues],
+                details=manifest_issues(exc),
             ) from None
+        manifest = parsed.manifest
         if manifest.name != name:
             raise Unprocessable(
                 f"manifest name {manifest.name!r} differs from the folder name {name!r}",
@@ -85,7 +91,7 @@ class Lifecycle:
                     details={arg: {"old": a, "new": b} for arg, (a, b) in diff.items()},
                 )
         try:
-            snapshot = await self.registry.build(folder)
+            snapshot = await self.loader.build(parsed, loaded=loaded_versions(self.registry, name))
         except ExpertLoadError as exc:
             raise Unprocessable(
                 f"expert {name!r} failed to load; the old version keeps serving", details=exc.reasons
@@ -137,20 +143,6 @@ class Lifecycle:
 
     # -- watching
 
-    def fingerprint(self, folder: Path) -> str:
-        h = hashlib.sha256()
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return h.hexdigest()
-
-    def fingerprints(self) -> dict[str, str]:
-        """The state of every expert folder now (taken when the experts are loaded)."""
-        if not self.experts_dir.is_dir():
-            return {}
-        return {p.name: self.fingerprint(p) for p in self.experts_dir.iterdir() if p.is_dir() and is_plain_name(p.name)}
-
     async def watch(self, seen: dict[str, str], interval: float = 1.0, settle: float = 2.0) -> None:
         """Reload an expert whose folder changed since `seen` and then stayed unchanged for `settle` seconds."""
         seen = dict(seen)
@@ -158,7 +150,7 @@ class Lifecycle:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            current = await asyncio.to_thread(self.fingerprints)
+            current = await asyncio.to_thread(fingerprints, self.experts_dir)
             for name, fp in current.items():
                 if seen.get(name) == fp:
                     pending.pop(name, None)
@@ -174,3 +166,19 @@ class Lifecycle:
                     except Exception as exc:  # reported, and the old version keeps serving
                         details = getattr(exc, "details", None)
                         log.warning("watch: %s not reloaded: %s %s", name, exc, details or "")
+
+
+def fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def fingerprints(experts_dir: Path) -> dict[str, str]:
+    """The state of every expert folder now (taken before the experts are read at start-up)."""
+    if not experts_dir.is_dir():
+        return {}
+    return {p.name: fingerprint(p) for p in experts_dir.iterdir() if p.is_dir() and is_plain_name(p.name)}
