@@ -6,6 +6,7 @@
     ├── Forbidden                 403 permission_error
     ├── NotFound                  404 not_found_error         (unknown model / expert)
     ├── MethodNotAllowed          405 invalid_request_error
+    ├── RequestTimeout            408 invalid_request_error   (body not sent in time)
     ├── Conflict                  409 conflict_error          (needs an engine restart)
     ├── PayloadTooLarge           413 invalid_request_error
     ├── Unprocessable             422 invalid_expert          (expert folder fails validation)
@@ -65,6 +66,10 @@ class NotFound(APIError):
 
 class MethodNotAllowed(APIError):
     status, type = 405, "invalid_request_error"
+
+
+class RequestTimeout(APIError):
+    status, type = 408, "invalid_request_error"
 
 
 class Conflict(APIError):

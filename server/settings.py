@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.manifest.embedded import EMBEDDED_MODEL_ID
 
+LORA_SLOTS_CAP = 16  # the most adapter slots sized automatically (each slot costs memory: README)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXPERT_", extra="ignore", frozen=True)
@@ -32,6 +34,11 @@ class Settings(BaseSettings):
         description="More names under which manifests may refer to the base model (base_models[].name).",
     )
     experts_dir: Path = Field(default=Path("experts"), description="Folder of expert folders.")
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="ed25519 public keys (`ed25519:<base64>`) trusted to sign `.expert` packages; when set, "
+        "`expert install` refuses unsigned packages and other keys.",
+    )
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0: any free port).")
     cache_dir: Path | None = Field(
@@ -44,17 +51,45 @@ class Settings(BaseSettings):
         default="auto", description="Weights and activations dtype (float32 makes greedy output reproducible)."
     )
     max_model_len: int = Field(default=2048, ge=64, description="Default context length of the engine.")
-    max_loras: int = Field(default=4, ge=1, description="LoRA adapters active in one engine step.")
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="Adapter slots: LoRA adapters the engine runs in one step. Unset: one per expert with a "
+        f"LoRA adapter found at start (at least 1, at most {LORA_SLOTS_CAP}), so that mixed traffic never "
+        "swaps adapters.",
+    )
     max_cpu_loras: int = Field(default=16, ge=1, description="LoRA adapters kept loaded in the engine.")
     max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank the engine accepts.")
+    lora_ops: Literal["project", "vllm"] = Field(
+        default="project",
+        description="CPU LoRA kernels: 'project' (server/engine/lora_ops.py, one GEMM over the active "
+        "adapters) or 'vllm' (vLLM's PyTorch-native ops). Read by the engine processes from the "
+        "environment variable EXPERT_LORA_OPS.",
+    )
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences the engine schedules at once.")
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / graph capture (fast start).")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body accepted (413 above).")
+    read_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client may take to send a request's headers, and again its body "
+        "(408 for a body not complete in time; the connection is closed).",
+    )
+    api_docs: bool = Field(
+        default=True,
+        description="Serve the OpenAPI document (/openapi.json) and its viewers (/docs, /redoc), without a key.",
+    )
     default_max_tokens: int = Field(
         default=512, ge=1, description="max_tokens when neither the request nor the expert's manifest sets it."
     )
-    api_keys: list[str] = Field(default_factory=list, description="Client keys (inference).")
-    admin_keys: list[str] = Field(default_factory=list, description="Admin keys (inference and lifecycle).")
+    api_keys: list[str] = Field(
+        default_factory=list, description="Client keys (inference). An empty or blank key is a start-up error."
+    )
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description="Admin keys (inference and lifecycle). An empty or blank key is a start-up error.",
+    )
     keys_file: Path | None = Field(
         default=None, description='JSON file {"client": [sha256...], "admin": [sha256...]} of hashed keys.'
     )
@@ -68,7 +103,18 @@ class Settings(BaseSettings):
         "(see server/engine/plugin.py).",
     )
     watch: bool = Field(default=False, description="Reload an expert automatically when its folder changes.")
+    probe_on_load: bool = Field(
+        default=True,
+        description="Probe each expert on the engine when it loads (adapter, soft prompts, grammar, stops, "
+        "max_tokens, runtime hints): the evidence of its field fates; a failed probe refuses the expert.",
+    )
     log_json: bool = Field(default=False, description="Access logs as JSON lines.")
+
+    def lora_slots(self, adapters: int) -> int:
+        """`max_loras` for an engine that starts with `adapters` LoRA experts."""
+        if self.max_loras is not None:
+            return self.max_loras
+        return max(1, min(adapters, LORA_SLOTS_CAP))
 
     def engine_defaults(self) -> dict[str, object]:
         """Engine args that runtime hints may change (vLLM's own defaults but the context)."""

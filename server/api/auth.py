@@ -3,6 +3,8 @@
 Keys come from settings (plain, hashed here at start) and from a keys file of sha256
 hashes; a presented key is hashed and compared with every known hash in constant time.
 With no keys configured, every caller is admitted (and `expert serve` binds loopback only).
+Keys that are configured but add up to nothing (an empty or blank key, a keys file without
+hashes) are a start-up error (`KeyConfigError`), never an open server.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from enum import IntEnum
 from pathlib import Path
 
 from server.errors import Forbidden, Unauthorized
+
+
+class KeyConfigError(ValueError):
+    """Keys configured in a way that would protect nothing, or a keys file that cannot be read."""
 
 
 class Role(IntEnum):
@@ -37,15 +43,30 @@ class KeyRing:
 
     @classmethod
     def from_settings(cls, api_keys: list[str], admin_keys: list[str], keys_file: Path | None) -> KeyRing:
-        client = [_hash(k) for k in api_keys if k]
-        admin = [_hash(k) for k in admin_keys if k]
+        for keys, variable in ((api_keys, "EXPERT_API_KEYS"), (admin_keys, "EXPERT_ADMIN_KEYS")):
+            if any(not isinstance(k, str) or not k.strip() for k in keys):
+                raise KeyConfigError(f"{variable} holds an empty key: every key must be a non-blank string")
+        client = [_hash(k) for k in api_keys]
+        admin = [_hash(k) for k in admin_keys]
         if keys_file is not None:
-            data = json.loads(keys_file.read_text())
+            try:
+                data = json.loads(keys_file.read_text())
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+                raise KeyConfigError(f"keys file {keys_file} cannot be read: {type(exc).__name__}") from None
+            if not isinstance(data, dict):
+                raise KeyConfigError(f'keys file {keys_file}: expected {{"client": [...], "admin": [...]}}')
+            found = 0
             for hashes, kind in ((client, "client"), (admin, "admin")):
-                for h in data.get(kind, []):
+                entries = data.get(kind, [])
+                if not isinstance(entries, list):
+                    raise KeyConfigError(f"keys file {keys_file}: '{kind}' must be a list of sha256 hex digests")
+                for h in entries:
                     if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h.lower())):
-                        raise ValueError(f"{keys_file}: '{kind}' entries must be sha256 hex digests")
+                        raise KeyConfigError(f"keys file {keys_file}: '{kind}' entries must be sha256 hex digests")
                     hashes.append(h.lower())
+                    found += 1
+            if not found:
+                raise KeyConfigError(f"keys file {keys_file} holds no key hashes")
         return cls(tuple(client), tuple(admin))
 
     def role_of(self, key: str) -> Role | None:

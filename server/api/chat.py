@@ -1,7 +1,10 @@
 """Chat completions: from a validated request to the engine and back in OpenAI's shape.
 
-`plan_chat` does every check before the engine is involved (model, messages, lengths,
-sampling, soft prompt, constraint); `complete` and `stream` run a planned request.
+`plan_chat` does every check before the engine is involved (model, messages, tools, lengths,
+sampling, soft prompt, constraint, logit bias, logprobs); `complete` and `stream` run a
+planned request. `plan_generation` and `collect` are shared with text completions
+(server/api/completions.py). Tool calling is planned in server/api/tools.py: a named
+function or "required" constrains the answer to the tool's JSON schema.
 """
 
 from __future__ import annotations
@@ -11,17 +14,30 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from server.api.protocol import ChatCompletionRequest
+from server.api.logprobs import chat_logprobs
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.api.tools import (
+    TemplateSupport,
+    ToolPlan,
+    message_with_calls,
+    plan_tools,
+    probe_template,
+    template_messages,
+    tool_call,
+)
 from server.engine.prompts import PromptBuilder
 from server.engine.vllm_engine import Engine, GenerationRequest
 from server.errors import APIError, InvalidRequest
 from server.experts.registry import ExpertSnapshot
-from server.manifest.sampling import Resolved, header_value, resolve
+from server.manifest import prompt_formats
+from server.manifest.grammar import json_schema_problem
+from server.manifest.sampling import JsonObject, JsonSchema, ResolvedSampling, StructuredOutput, header_value, resolve
 
 SOFT_PROMPT_OFF = "none"
+NO_TOOLS = ToolPlan("none")
 
 
 @dataclass
@@ -30,12 +46,14 @@ class PlannedChat:
     model: str
     expert: ExpertSnapshot | None
     generation: GenerationRequest
-    resolved: dict[str, Resolved]
+    resolved: ResolvedSampling
     soft_prompt: str | None
     prompt_tokens: int
     include_usage: bool
     created: int
     return_token_ids: bool = False
+    tools: ToolPlan = NO_TOOLS
+    logprobs: int | None = None  # alternatives per token; None: no log probabilities
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -48,6 +66,22 @@ class PlannedChat:
         return h
 
 
+AUTO_REFUSED = (
+    "tool_choice 'auto' (the default when tools are given) lets the model choose between text and tool calls; "
+    "this server does not parse tool calls out of free text: name a function in tool_choice, or use 'required' "
+    "(or 'none')"
+)
+
+
+def _template_support(prompts: PromptBuilder) -> TemplateSupport:
+    tokenizer: Any = prompts.tokenizer
+
+    def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True))
+
+    return probe_template(render)
+
+
 def plan_chat(
     req: ChatCompletionRequest,
     expert: ExpertSnapshot | None,
@@ -58,12 +92,77 @@ def plan_chat(
     embeds_for_all: bool,
 ) -> PlannedChat:
     """Every check and decision before the engine; `expert` None means the base model."""
+    tools = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+    if tools.mode == "auto":
+        raise InvalidRequest(AUTO_REFUSED, param="tool_choice")
     try:
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        messages = [m.template_input() for m in req.messages]
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="messages") from None
-    token_ids = prompts.render(messages)
+    template_tools = tools.template_tools()
+    support = None
+    if template_tools is not None or any(m.get("tool_calls") for m in messages):
+        support = _template_support(prompts)
+    template, capabilities = prompt_format_of(expert)
+    token_ids = prompts.render(
+        template_messages(messages, support),
+        template,
+        capabilities,
+        tools=template_tools if support is not None and support.tools else None,
+    )
+    return plan_generation(
+        req,
+        token_ids,
+        expert,
+        prompts,
+        engine_max_len=engine_max_len,
+        server_defaults=server_defaults,
+        embeds_for_all=embeds_for_all,
+        tools=tools,
+    )
 
+
+def prompt_format_of(expert: ExpertSnapshot | None) -> tuple[str | None, list[str] | None]:
+    """The expert's prompt format (`base_models[].prompt_template`, rendered by
+    server.manifest.prompt_formats, as the trainer renders) and capabilities; None: the
+    tokenizer's own chat template."""
+    if expert is None:
+        return None, None
+    bases = expert.manifest.bases()
+    return (bases[0][0].prompt_template if bases else None), expert.manifest.capabilities
+
+
+def _logit_bias(bias: dict[str, float] | None, prompts: PromptBuilder) -> dict[int, float] | None:
+    """`logit_bias` with token ids checked against the vocabulary."""
+    if not bias:
+        return None
+    vocab = len(prompts.tokenizer)
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        token = int(key) if key.isdigit() else -1
+        if not 0 <= token < vocab:
+            raise InvalidRequest(
+                f"logit_bias: {key[:20]!r} is not a token id of this model (0..{vocab - 1})", param="logit_bias"
+            )
+        out[token] = float(value)
+    return out
+
+
+def plan_generation(
+    req: ChatCompletionRequest | CompletionRequest,
+    token_ids: list[int],
+    expert: ExpertSnapshot | None,
+    prompts: PromptBuilder,
+    *,
+    engine_max_len: int,
+    server_defaults: dict[str, Any],
+    embeds_for_all: bool,
+    tools: ToolPlan = NO_TOOLS,
+    id_prefix: str = "chatcmpl",
+    param: str = "messages",
+) -> PlannedChat:
+    """The checks and decisions chat and text completions share, from the prompt's token ids on:
+    soft prompt, context, sampling, constraint, logit bias, logprobs."""
     soft_name: str | None = None
     soft_tensor = None
     if req.soft_prompt is not None and expert is None:
@@ -86,11 +185,15 @@ def plan_chat(
     if prompt_len >= context:
         raise InvalidRequest(
             f"the prompt is {prompt_len} tokens; the context of {req.model!r} is {context} tokens",
-            param="messages",
+            param=param,
             code="context_length_exceeded",
         )
 
     resolved = resolve(req.sampling_fields(), expert.defaults if expert else {}, server_defaults)
+    format_stops = prompt_formats.stop_strings(prompt_format_of(expert)[0])
+    if format_stops:  # the format's end of answer (hivellm's legacy chatml: <|end|>) always ends it
+        stops = list(resolved["stop"].value or [])
+        resolved = resolved.with_value("stop", stops + [s for s in format_stops if s not in stops])
     room = context - prompt_len
     max_tokens = resolved["max_tokens"]
     if max_tokens.value > room:
@@ -100,28 +203,45 @@ def plan_chat(
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        resolved["max_tokens"] = Resolved(room, max_tokens.source)
+        resolved = resolved.with_value("max_tokens", room)
 
-    structured = expert.structured if expert else None
-    if req.response_format is not None:
-        rf = req.response_format
+    structured: StructuredOutput | None = expert.structured if expert else None
+    rf = getattr(req, "response_format", None)
+    if rf is not None:
         if rf.type == "text":
             structured = None
         elif rf.type == "json_object":
-            structured = ("json_object", True)
+            structured = JsonObject()
         else:
             if rf.json_schema is None or rf.json_schema.schema_ is None:
                 raise InvalidRequest("response_format json_schema needs json_schema.schema", param="response_format")
-            structured = ("json", rf.json_schema.schema_)
+            problem = json_schema_problem(rf.json_schema.schema_)
+            if problem is not None:
+                raise InvalidRequest(f"response_format.json_schema.schema: {problem}", param="response_format")
+            structured = JsonSchema(rf.json_schema.schema_)
+    if tools.constrained:
+        if rf is not None and rf.type != "text":
+            raise InvalidRequest(
+                "response_format and tool_choice both constrain the answer; send one of them", param="response_format"
+            )
+        if structured is not None:
+            raise InvalidRequest(
+                f"expert {expert.name if expert else req.model!r} constrains its answers with a grammar of its own "
+                f"({structured.kind}), so it cannot answer with tool calls",
+                param="tools",
+            )
+        structured = JsonSchema(tools.schema or {})
 
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    request_id = f"{id_prefix}-{uuid.uuid4().hex}"
     generation = GenerationRequest(
         request_id=request_id,
         prompt_token_ids=token_ids,
-        sampling={k: v.value for k, v in resolved.items()},
+        sampling=resolved.sampling,
         prompt_embeds=prompts.embeds(soft_tensor, token_ids) if soft_tensor is not None or embeds_for_all else None,
         lora=expert.lora if expert else None,
         structured=structured,
+        logprobs=req.logprobs_count(),
+        logit_bias=_logit_bias(req.logit_bias, prompts),
     )
     return PlannedChat(
         request_id=request_id,
@@ -134,6 +254,8 @@ def plan_chat(
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         created=int(time.time()),
         return_token_ids=bool(req.return_token_ids),
+        tools=tools,
+        logprobs=req.logprobs_count(),
     )
 
 
@@ -147,23 +269,40 @@ class Outcome:
     first_token_at: float | None = None
 
 
-async def complete(
-    engine: Engine, plan: PlannedChat, is_disconnected: Callable[[], Any], outcome: Outcome
-) -> dict[str, Any]:
-    """Run to the end; a client that goes away cancels the generation (the engine aborts it)."""
+@dataclass
+class ChoiceResult:
+    """One choice of a finished generation."""
 
-    n = plan.generation.sampling["n"]
-    texts, finish = [""] * n, [None] * n
-    token_ids: list[list[int]] = [[] for _ in range(n)]
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[Any] = field(default_factory=list)  # TokenLogprob per token, when asked for
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+async def collect(
+    engine: Engine, plan: PlannedChat, is_disconnected: Callable[[], Any], outcome: Outcome
+) -> list[ChoiceResult]:
+    """Run to the end; a client that goes away cancels the generation (the engine aborts it)."""
+    results = [ChoiceResult() for _ in range(plan.generation.sampling.n)]
 
     async def run() -> None:
         async for step in engine.generate(plan.generation):
             for c in step.completions:
                 if c.token_ids and outcome.first_token_at is None:
                     outcome.first_token_at = time.perf_counter()
-                texts[c.index] += c.text
-                token_ids[c.index] += c.token_ids
-                finish[c.index] = c.finish_reason or finish[c.index]
+                r = results[c.index]
+                r.text += c.text
+                r.token_ids += c.token_ids
+                r.finish_reason = c.finish_reason or r.finish_reason
+                r.logprobs += c.logprobs or []
 
     task = asyncio.create_task(run())
     try:
@@ -177,20 +316,30 @@ async def complete(
         if not task.done():
             task.cancel()  # closes the engine's generator: vLLM aborts the request
     task.result()
-    completion_tokens = sum(len(t) for t in token_ids)
     outcome.prompt_tokens = plan.prompt_tokens
-    outcome.completion_tokens = completion_tokens
-    outcome.texts = texts
+    outcome.completion_tokens = sum(len(r.token_ids) for r in results)
+    outcome.texts = [r.text for r in results]
+    return results
+
+
+async def complete(
+    engine: Engine, plan: PlannedChat, is_disconnected: Callable[[], Any], outcome: Outcome
+) -> dict[str, Any]:
+    results = await collect(engine, plan, is_disconnected, outcome)
     choices = []
-    for i in range(n):
+    for i, r in enumerate(results):
+        message: dict[str, Any] = {"role": "assistant", "content": r.text}
+        finish = r.finish_reason
+        if plan.tools.constrained:
+            message, finish = message_with_calls(plan.tools, r.text, finish)
         choice: dict[str, Any] = {
             "index": i,
-            "message": {"role": "assistant", "content": texts[i]},
-            "finish_reason": finish[i],
-            "logprobs": None,
+            "message": message,
+            "finish_reason": finish,
+            "logprobs": chat_logprobs(r.logprobs, plan.logprobs) if plan.logprobs is not None else None,
         }
         if plan.return_token_ids:
-            choice["token_ids"] = token_ids[i]
+            choice["token_ids"] = r.token_ids
         choices.append(choice)
     return {
         "id": plan.request_id,
@@ -198,16 +347,42 @@ async def complete(
         "created": plan.created,
         "model": plan.model,
         "choices": choices,
-        "usage": {
-            "prompt_tokens": plan.prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": plan.prompt_tokens + completion_tokens,
-        },
+        "usage": usage(plan.prompt_tokens, outcome.completion_tokens),
     }
 
 
-def _sse(data: Any) -> bytes:
+def sse(data: Any) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+class _ToolStream:
+    """The `tool_calls` deltas of one streamed choice whose answer is constrained to tool calls.
+
+    A named function streams its arguments as they come (the first delta carries the call's
+    id and name); "required" answers are an array of calls, sent whole when complete."""
+
+    def __init__(self, plan: ToolPlan):
+        self.plan = plan
+        self.text = ""
+        self.started = False
+
+    def delta(self, text: str) -> dict[str, Any] | None:
+        self.text += text
+        if self.plan.mode != "named":
+            return None
+        if not self.started:
+            self.started = True
+            call = tool_call(self.plan.name or "", text, index=0)
+            return {"tool_calls": [call]}
+        return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]} if text else None
+
+    def finish(self, finish_reason: str | None) -> tuple[dict[str, Any] | None, str | None]:
+        if self.plan.mode == "named":
+            return None, finish_reason
+        message, finish = message_with_calls(self.plan, self.text, finish_reason)
+        if message.get("tool_calls"):
+            return {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}, finish
+        return {"content": message["content"]}, finish
 
 
 async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIterator[bytes]:
@@ -217,10 +392,11 @@ async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIt
     closes the engine's generator, and vLLM aborts the request.
     """
     base = {"id": plan.request_id, "object": "chat.completion.chunk", "created": plan.created, "model": plan.model}
-    n = plan.generation.sampling["n"]
+    n = plan.generation.sampling.n
     texts = [""] * n
     tokens = [0] * n
-    yield _sse(
+    calls = [_ToolStream(plan.tools) for _ in range(n)] if plan.tools.constrained else None
+    yield sse(
         {
             **base,
             "choices": [
@@ -237,30 +413,31 @@ async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIt
                     outcome.first_token_at = time.perf_counter()
                 texts[c.index] += c.text
                 tokens[c.index] += len(c.token_ids)
-                if c.text or c.finish_reason:
+                finish = c.finish_reason
+                logprobs = chat_logprobs(c.logprobs or [], plan.logprobs) if plan.logprobs is not None else None
+                if calls is not None:
+                    delta = calls[c.index].delta(c.text) or {}
+                    if finish is not None:
+                        last, finish = calls[c.index].finish(finish)
+                        if last is not None:
+                            if delta:
+                                chunks.append(
+                                    {"index": c.index, "delta": delta, "finish_reason": None, "logprobs": None}
+                                )
+                            delta = last
+                else:
                     delta = {"content": c.text} if c.text else {}
-                    chunks.append(
-                        {"index": c.index, "delta": delta, "finish_reason": c.finish_reason, "logprobs": None}
-                    )
+                if delta or finish or (logprobs is not None and c.token_ids):
+                    chunks.append({"index": c.index, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
             if chunks:
-                yield _sse({**base, "choices": chunks})
+                yield sse({**base, "choices": chunks})
     except APIError as exc:
-        yield _sse(exc.body())
+        yield sse(exc.body())
         yield b"data: [DONE]\n\n"
         raise  # Observation.wrap_stream records the status and ends the stream
     outcome.prompt_tokens = plan.prompt_tokens
     outcome.completion_tokens = sum(tokens)
     outcome.texts = texts
     if plan.include_usage:
-        yield _sse(
-            {
-                **base,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": plan.prompt_tokens,
-                    "completion_tokens": sum(tokens),
-                    "total_tokens": plan.prompt_tokens + sum(tokens),
-                },
-            }
-        )
+        yield sse({**base, "choices": [], "usage": usage(plan.prompt_tokens, sum(tokens))})
     yield b"data: [DONE]\n\n"

@@ -11,6 +11,7 @@ from typing import Any
 
 from server.api.chat import Outcome, PlannedChat
 from server.errors import APIError
+from server.experts.residency import Residency
 from server.metrics import Metrics
 
 access_log = logging.getLogger("expert_gateway.access")
@@ -25,6 +26,8 @@ class Observation:
     version: str = ""
     request_id: str = ""
     output_check: str | None = None
+    residency: Residency | None = None  # for the time to first token, cold or warm
+    _adapter_state: str | None = None
     _done: bool = False
     _counted_in_flight: bool = False
 
@@ -46,6 +49,8 @@ class Observation:
         self.version = plan.expert.version if plan.expert else "base"
         self.request_id = plan.request_id
         self.output_check = plan.expert.output_check if plan.expert else None
+        if self.residency is not None and plan.expert is not None and plan.expert.lora is not None:
+            self._adapter_state = self.residency.request(plan.expert.lora.id)
         self.metrics.in_flight.labels(self.expert, self.version).inc()
         self._counted_in_flight = True
 
@@ -64,6 +69,8 @@ class Observation:
             m.latency.labels(*ev).observe(elapsed)
             if outcome.first_token_at is not None:
                 m.ttft.labels(*ev).observe(outcome.first_token_at - self.start)
+                if self.residency is not None and self._adapter_state is not None:
+                    self.residency.first_token(self.expert, self._adapter_state, outcome.first_token_at - self.start)
             m.prompt_tokens.labels(*ev).inc(prompt)
             m.generation_tokens.labels(*ev).inc(completion)
             if self.output_check == "json" and outcome.texts is not None and status == 200:

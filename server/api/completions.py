@@ -1,0 +1,131 @@
+"""Text completions (`POST /v1/completions`): a prompt, as text or token ids, continued.
+
+The same experts, sampling sources, soft prompts, constraints, headers, errors and metrics
+as chat: `plan_completion` turns the prompt into token ids and hands them to the planning
+chat uses (server.api.chat.plan_generation); `complete` and `stream` answer in OpenAI's
+`text_completion` shape. One prompt per request (OpenAI's lists of several prompts are
+refused), `echo` and `suffix` are not supported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from server.api.chat import Outcome, PlannedChat, collect, plan_generation, sse, usage
+from server.api.logprobs import completion_logprobs
+from server.api.protocol import CompletionRequest
+from server.engine.prompts import PromptBuilder
+from server.engine.vllm_engine import Engine
+from server.errors import APIError, InvalidRequest
+from server.experts.registry import ExpertSnapshot
+
+
+def prompt_token_ids(prompt: str | list[str] | list[int] | list[list[int]], prompts: PromptBuilder) -> list[int]:
+    """The token ids of the request's one prompt (text is tokenised without special tokens)."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        if len(prompt) != 1:
+            raise InvalidRequest("one prompt per request: a list of several prompts is not supported", param="prompt")
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        ids = list(prompts.tokenizer.encode(prompt, add_special_tokens=False))
+    else:
+        vocab = len(prompts.tokenizer)
+        ids = list(prompt)
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"prompt: token id {bad} is outside the vocabulary (0..{vocab - 1})", param="prompt")
+    if not ids:
+        raise InvalidRequest("the prompt is empty", param="prompt")
+    return ids
+
+
+def plan_completion(
+    req: CompletionRequest,
+    expert: ExpertSnapshot | None,
+    prompts: PromptBuilder,
+    *,
+    engine_max_len: int,
+    server_defaults: dict[str, Any],
+    embeds_for_all: bool,
+) -> PlannedChat:
+    """Every check and decision before the engine; `expert` None means the base model."""
+    return plan_generation(
+        req,
+        prompt_token_ids(req.prompt, prompts),
+        expert,
+        prompts,
+        engine_max_len=engine_max_len,
+        server_defaults=server_defaults,
+        embeds_for_all=embeds_for_all,
+        id_prefix="cmpl",
+        param="prompt",
+    )
+
+
+async def complete(
+    engine: Engine, plan: PlannedChat, is_disconnected: Callable[[], Any], outcome: Outcome
+) -> dict[str, Any]:
+    results = await collect(engine, plan, is_disconnected, outcome)
+    choices = []
+    for i, r in enumerate(results):
+        choice: dict[str, Any] = {
+            "index": i,
+            "text": r.text,
+            "logprobs": completion_logprobs(r.logprobs, plan.logprobs) if plan.logprobs is not None else None,
+            "finish_reason": r.finish_reason,
+        }
+        if plan.return_token_ids:
+            choice["token_ids"] = r.token_ids
+        choices.append(choice)
+    return {
+        "id": plan.request_id,
+        "object": "text_completion",
+        "created": plan.created,
+        "model": plan.model,
+        "choices": choices,
+        "usage": usage(plan.prompt_tokens, outcome.completion_tokens),
+    }
+
+
+async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIterator[bytes]:
+    """SSE chunks of text; an error after the first byte is one error event, then `[DONE]`."""
+    base = {"id": plan.request_id, "object": "text_completion", "created": plan.created, "model": plan.model}
+    n = plan.generation.sampling.n
+    texts = [""] * n
+    tokens = [0] * n
+    try:
+        async for step in engine.generate(plan.generation):
+            choices = []
+            for c in step.completions:
+                if c.token_ids and outcome.first_token_at is None:
+                    outcome.first_token_at = time.perf_counter()
+                offset = len(texts[c.index])
+                texts[c.index] += c.text
+                tokens[c.index] += len(c.token_ids)
+                if c.text or c.finish_reason or c.token_ids:
+                    choices.append(
+                        {
+                            "index": c.index,
+                            "text": c.text,
+                            "logprobs": (
+                                completion_logprobs(c.logprobs or [], plan.logprobs, offset)
+                                if plan.logprobs is not None
+                                else None
+                            ),
+                            "finish_reason": c.finish_reason,
+                        }
+                    )
+            if choices:
+                yield sse({**base, "choices": choices})
+    except APIError as exc:
+        yield sse(exc.body())
+        yield b"data: [DONE]\n\n"
+        raise  # Observation.wrap_stream records the status and ends the stream
+    outcome.prompt_tokens = plan.prompt_tokens
+    outcome.completion_tokens = sum(tokens)
+    outcome.texts = texts
+    if plan.include_usage:
+        yield sse({**base, "choices": [], "usage": usage(plan.prompt_tokens, sum(tokens))})
+    yield b"data: [DONE]\n\n"
