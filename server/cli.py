@@ -1,4 +1,4 @@
-"""The `expert` command: serve, validate, schema, model, train, eval."""
+"""The `expert` command: serve, validate, schema, model, train, eval, package, install, convert."""
 
 from __future__ import annotations
 
@@ -6,28 +6,37 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from server.settings import Settings, detect_platform
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from server.engine.vllm_engine import known_attention_backends, supported_kv_cache_dtypes
     from server.experts.base_model import base_info
     from server.manifest.validate import render_json, render_text, validate_path
 
     settings = _settings(model=args.model)
     base = base_info(settings)
     defaults = settings.engine_defaults()
+    platform = detect_platform(settings)
     result = validate_path(
         Path(args.path),
         base,
-        platform=detect_platform(settings),
+        platform=platform,
         engine_defaults=defaults,
         max_lora_rank=settings.max_lora_rank,
+        known_backends=known_attention_backends(),
+        kv_cache_dtypes=supported_kv_cache_dtypes(platform),
     )
+    if args.prove and base is not None and base.path is not None:
+        from server.commands.prove import prove
+
+        result = prove(result, settings, str(base.path))
     print(render_json(result) if args.json else render_text(result, args.strict))
     return result.exit_code(args.strict)
 
@@ -83,6 +92,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(Path(args.expert_dir), as_json=args.json, limit=args.limit)
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from server.commands.package import run_package
+
+    return run_package(Path(args.expert_dir), args.out, args.sign_key)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from server.commands.package import run_install
+
+    overrides: dict[str, Any] = {"experts_dir": args.experts_dir}
+    if args.trusted_key:
+        overrides["trusted_keys"] = args.trusted_key
+    return run_install(Path(args.package), _settings(**overrides))
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from server.commands.convert import run_convert
+
+    return run_convert(
+        Path(args.dora_dir),
+        Path(args.out_dir),
+        _settings(model=args.model),
+        rank=args.rank,
+        max_error=args.max_error,
+        prompts=args.prompts,
+        tokens=args.tokens,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="expert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--strict", action="store_true", help="exit 2 for any refused field")
     p.add_argument("--model", help="base model to check against (default: the embedded model)")
+    p.add_argument(
+        "--prove", action="store_true", help="start the engine and probe each behavioural claim (evidence per field)"
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the manifest's JSON Schema")
@@ -124,6 +168,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, help="at most this many test cases")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("package", help="write an expert folder as a .expert package (+ .sha256 sidecar)")
+    p.add_argument("expert_dir")
+    p.add_argument("--out", type=Path, help="folder to write the package into (default: the current folder)")
+    p.add_argument(
+        "--sign-key", type=Path, help="ed25519 private key (PEM, or 32-byte seed in base64/hex) to sign with"
+    )
+    p.set_defaults(func=cmd_package)
+
+    p = sub.add_parser("install", help="check and unpack a .expert package into the experts folder")
+    p.add_argument("package")
+    p.add_argument("--experts-dir", type=Path, help="folder of expert folders (default: ./experts)")
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        help="ed25519 public key (ed25519:<base64>) trusted to sign packages; repeatable (default: EXPERT_TRUSTED_KEYS)",
+    )
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("convert", help="convert a DoRA expert to a plain LoRA one, with a fidelity report")
+    p.add_argument("dora_dir", help="expert folder with a PEFT DoRA adapter")
+    p.add_argument("out_dir", help="folder to write the converted expert into (must not exist)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--rank", type=int, help="LoRA rank to keep (default: the DoRA adapter's r)")
+    group.add_argument(
+        "--max-error", type=float, help="smallest rank whose relative error is at most this in every module"
+    )
+    p.add_argument("--model", help="base model folder (default: the embedded model)")
+    p.add_argument("--prompts", type=Path, help="JSON list of prompts for the agreement check (default: built in)")
+    p.add_argument("--tokens", type=int, default=16, help="greedy tokens per prompt in the agreement check")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -1,26 +1,53 @@
-"""`expert eval EXPERT_DIR`: an expert's test cases through the real gateway and engine,
-for four variants of the same expert, side by side:
+"""`expert eval EXPERT_DIR`: an expert's test cases through the real gateway and engine, for
+every variant its files allow, side by side, with 95% intervals and paired comparisons.
 
     base                      the base model alone
+    base+grammar              the base model with the expert's grammar
+    soft_prompt               the soft prompt on the frozen base (an expert with no adapter)
+    soft_prompt+grammar       ... with the grammar
     lora                      the expert's adapter, no soft prompt, no grammar
+    lora+grammar              the adapter and the grammar (an expert with no soft prompt)
     lora+soft_prompt          adapter and soft prompt, no grammar
     lora+soft_prompt+grammar  the expert as its manifest serves it
 
+Every variant decodes with the expert's own manifest values (temperature, top_p, stops, seed,
+max_tokens, ...): the base rows are served as a copy of the expert with its adapters and soft
+prompts removed, so the comparison is between models, not between decoding settings.
+
 Test cases: `evaluation.test_cases` (a JSONL path or an inline list) or else
 `training.dataset.test_path`; rows are `{"messages": [..., {"role": "assistant", "content": target}]}`
-or `{"prompt", "completion"}`. An output is valid when it parses as JSON (for experts whose
-manifest asks for JSON) or is non-empty; it matches when it equals the target (as JSON
-values when both parse, else as stripped text).
+or `{"prompt", "completion"}`. The metric is `evaluation.metric`:
+- `exact_match` (default): the output equals the target (as JSON values when both parse, else as
+  stripped text); it is valid when it parses as JSON (experts that ask for JSON) or is non-empty;
+- `sql_execution`: the output, run as a query on `evaluation.database` (read-only), returns the
+  rows the target query returns (server/commands/sql_scoring.py); it is valid when it runs.
+Statistics: server/commands/eval_stats.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from server.commands.eval_stats import mcnemar_exact, paired_difference, score_interval
+
+BASE_SUFFIX = "-eval-base"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    expert: bool  # the expert itself (else its copy without adapters and soft prompts)
+    soft_prompt: bool
+    grammar: bool
 
 
 def load_cases(expert_dir: Path, manifest: Any) -> list[tuple[list[dict[str, str]], str]]:
@@ -53,6 +80,7 @@ def load_cases(expert_dir: Path, manifest: Any) -> list[tuple[list[dict[str, str
 
 
 def score(output: str, target: str, wants_json: bool) -> tuple[bool, bool]:
+    """(valid, correct) of one answer under the exact-match metric."""
     try:
         parsed_out = json.loads(output)
         out_ok = True
@@ -66,28 +94,91 @@ def score(output: str, target: str, wants_json: bool) -> tuple[bool, bool]:
     return valid, exact
 
 
-def variants(has_soft_prompt: bool) -> list[tuple[str, dict[str, bool]]]:
-    rows = [
-        ("base", {"expert": False, "soft": False, "grammar": False}),
-        ("lora", {"expert": True, "soft": False, "grammar": False}),
-    ]
-    if has_soft_prompt:
-        rows += [
-            ("lora+soft_prompt", {"expert": True, "soft": True, "grammar": False}),
-            ("lora+soft_prompt+grammar", {"expert": True, "soft": True, "grammar": True}),
-        ]
-    else:
-        rows += [("lora+grammar", {"expert": True, "soft": False, "grammar": True})]
+def variants(*, adapter: bool, soft_prompt: bool, grammar: bool) -> list[Variant]:
+    """The variants an expert's files allow, in the order of the report."""
+    rows = [Variant("base", False, False, False)]
+    if grammar:
+        rows.append(Variant("base+grammar", False, False, True))
+    if adapter:
+        rows.append(Variant("lora", True, False, False))
+        if soft_prompt:
+            rows.append(Variant("lora+soft_prompt", True, True, False))
+        if grammar:
+            rows.append(Variant("lora+soft_prompt+grammar" if soft_prompt else "lora+grammar", True, soft_prompt, True))
+    elif soft_prompt:
+        rows.append(Variant("soft_prompt", True, True, False))
+        if grammar:
+            rows.append(Variant("soft_prompt+grammar", True, True, True))
     return rows
 
 
-def request_body(spec: dict[str, bool], expert: str, base: str, messages: list[dict[str, str]]) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": expert if spec["expert"] else base, "messages": messages}
-    if spec["expert"] and not spec["soft"]:
+def request_body(variant: Variant, expert: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": expert if variant.expert else expert + BASE_SUFFIX, "messages": messages}
+    if variant.expert and not variant.soft_prompt:
         body["soft_prompt"] = "none"
-    if not spec["grammar"]:
+    if not variant.grammar:
         body["response_format"] = {"type": "text"}
     return body
+
+
+def base_copy(expert_dir: Path, raw: dict[str, Any], target: Path) -> None:
+    """The expert without its adapters and soft prompts (same decoding, same grammar file)."""
+    data = json.loads(json.dumps(raw))
+    data["name"] = target.name
+    data.pop("integrity", None)
+    for key in ("adapters",):
+        data.pop(key, None)
+    for base in data.get("base_models") or []:
+        base["adapters"] = []
+    data["soft_prompts"] = []
+    target.mkdir()
+    (target / "manifest.json").write_text(json.dumps(data, indent=2))
+    grammar_file = ((data.get("training") or {}).get("decoding") or {}).get("grammar_file")
+    for rel in [grammar_file, "grammar.gbnf"]:
+        if rel and (expert_dir / rel).is_file() and not Path(rel).is_absolute() and ".." not in Path(rel).parts:
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(expert_dir / rel, target / rel)
+
+
+def make_scorer(
+    expert_dir: Path, manifest: Any
+) -> tuple[str, Callable[[str, str], tuple[bool, bool]], Callable[[], None]]:
+    """The metric's name, its (output, target) -> (valid, correct) function, and a closer."""
+    ev = manifest.evaluation
+    if ev is not None and ev.metric == "sql_execution":
+        from server.commands.sql_scoring import SqlScorer
+        from server.manifest.artifacts import inside
+
+        database = inside(expert_dir, ev.database or "")
+        if database is None or not database.is_file():
+            raise ValueError(f"evaluation.database {ev.database!r} not found inside the expert folder")
+        scorer = SqlScorer(database)
+        return "sql_execution", scorer.score, scorer.close
+    wants_json = bool(manifest.decoding.validation and "json" in manifest.decoding.validation.lower()) or (
+        (manifest.decoding.grammar_type or "").lower() == "json"
+    )
+    return "exact_match", lambda output, target: score(output, target, wants_json), lambda: None
+
+
+def summarise(outcomes: dict[str, list[tuple[bool, bool]]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    table: dict[str, Any] = {}
+    for name, scored in outcomes.items():
+        correct = [c for _, c in scored]
+        n = len(scored)
+        lo, hi = score_interval(correct)
+        table[name] = {
+            "n": n,
+            "valid": sum(v for v, _ in scored),
+            "correct": sum(correct),
+            "score": sum(correct) / n if n else 0.0,
+            "ci95": [lo, hi],
+        }
+    comparisons = []
+    for a, b in combinations(outcomes, 2):
+        ca, cb = [c for _, c in outcomes[a]], [c for _, c in outcomes[b]]
+        diff, (lo, hi) = paired_difference(ca, cb)
+        comparisons.append({"a": a, "b": b, "difference": diff, "ci95": [lo, hi], "p_value": mcnemar_exact(ca, cb)})
+    return table, comparisons
 
 
 async def evaluate(expert_dir: Path, limit: int | None = None, concurrency: int = 16) -> dict[str, Any]:
@@ -95,65 +186,90 @@ async def evaluate(expert_dir: Path, limit: int | None = None, concurrency: int 
     from asgi_lifespan import LifespanManager
 
     from server.api.app import create_app
-    from server.manifest.schema import load_manifest
+    from server.manifest.schema import MANIFEST_FILENAME, load_manifest, read_manifest_json
     from server.settings import Settings
 
+    expert_dir = expert_dir.resolve()
     manifest = load_manifest(expert_dir)
     cases = load_cases(expert_dir, manifest)[: limit or None]
-    wants_json = (
-        bool(manifest.decoding.validation and "json" in manifest.decoding.validation.lower())
-        or (manifest.decoding.grammar_type or "").lower() == "json"
+    metric, scorer, close = make_scorer(expert_dir, manifest)
+    rows = variants(
+        adapter=bool(manifest.bases()[0][1]),
+        soft_prompt=bool(manifest.soft_prompts),
+        grammar=bool(manifest.decoding.use_grammar),
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / manifest.name).symlink_to(expert_dir.resolve(), target_is_directory=True)
-        settings = Settings(experts_dir=Path(tmp), dtype="float32")
-        app = create_app(settings)
-        async with LifespanManager(app, startup_timeout=600, shutdown_timeout=60):
-            gw = app.state.gateway
-            while not gw.ready and not gw.startup_error:
-                await asyncio.sleep(0.5)
-            if gw.startup_error:
-                raise RuntimeError(gw.startup_error)
-            if gw.registry.get(manifest.name) is None:
-                raise RuntimeError(f"expert not loaded: {gw.registry.not_loaded.get(manifest.name)}")
-            base = settings.served_model_name
-            gate = asyncio.Semaphore(concurrency)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://eval", timeout=600) as client:
+    outcomes: dict[str, list[tuple[bool, bool]]] = {}
+    examples: dict[str, list[dict[str, str]]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copytree(expert_dir, Path(tmp) / manifest.name, symlinks=True)
+            base_copy(
+                expert_dir,
+                read_manifest_json(expert_dir / MANIFEST_FILENAME),
+                Path(tmp) / (manifest.name + BASE_SUFFIX),
+            )
+            settings = Settings(experts_dir=Path(tmp), dtype="float32")
+            app = create_app(settings)
+            async with LifespanManager(app, startup_timeout=600, shutdown_timeout=60):
+                state = await app.state.service.started()  # StartupFailed (a RuntimeError) when it did not start
+                for name in (manifest.name, manifest.name + BASE_SUFFIX):
+                    if state.registry.get(name) is None:
+                        raise RuntimeError(f"expert {name} not loaded: {state.registry.not_loaded.get(name)}")
+                gate = asyncio.Semaphore(concurrency)
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://eval", timeout=600) as client:
 
-                async def run(spec: dict[str, bool], messages: list[dict[str, str]]) -> str:
-                    async with gate:
-                        r = await client.post(
-                            "/v1/chat/completions", json=request_body(spec, manifest.name, base, messages)
-                        )
-                    r.raise_for_status()
-                    return r.json()["choices"][0]["message"]["content"]
+                    async def run(variant: Variant, messages: list[dict[str, str]]) -> str:
+                        async with gate:
+                            r = await client.post(
+                                "/v1/chat/completions", json=request_body(variant, manifest.name, messages)
+                            )
+                        if r.status_code != 200:
+                            raise RuntimeError(f"{variant.name}: the gateway answered {r.status_code}: {r.text[:300]}")
+                        return str(r.json()["choices"][0]["message"]["content"] or "")
 
-                results: dict[str, Any] = {}
-                for name, spec in variants(bool(manifest.soft_prompts)):
-                    outputs = await asyncio.gather(*(run(spec, m) for m, _ in cases))
-                    scored = [score(o, t, wants_json) for o, (_, t) in zip(outputs, cases)]
-                    results[name] = {
-                        "n": len(cases),
-                        "valid": sum(v for v, _ in scored),
-                        "exact": sum(e for _, e in scored),
-                        "examples": [{"output": o, "target": t} for o, (_, t) in list(zip(outputs, cases))[:3]],
-                    }
-    return {"expert": manifest.name, "version": manifest.version, "cases": len(cases), "variants": results}
+                    for variant in rows:
+                        outputs = await asyncio.gather(*(run(variant, m) for m, _ in cases))
+                        outcomes[variant.name] = [scorer(o, t) for o, (_, t) in zip(outputs, cases, strict=True)]
+                        examples[variant.name] = [
+                            {"output": o, "target": t} for o, (_, t) in zip(outputs[:3], cases[:3], strict=True)
+                        ]
+    finally:
+        close()
+    table, comparisons = summarise(outcomes)
+    for name, ex in examples.items():
+        table[name]["examples"] = ex
+    return {
+        "expert": manifest.name,
+        "version": manifest.version,
+        "cases": len(cases),
+        "metric": metric,
+        "variants": table,
+        "comparisons": comparisons,
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
 
 
 def render_table(report: dict[str, Any]) -> str:
     lines = [
-        f"{report['expert']} {report['version']}: {report['cases']} test cases",
+        f"{report['expert']} {report['version']}: {report['cases']} test cases, metric {report['metric']}",
         "",
-        "| variant | valid output | exact match |",
-        "|---|---|---|",
+        "| variant | valid | correct | score % (95% CI) |",
+        "|---|---|---|---|",
     ]
     for name, r in report["variants"].items():
-        n = r["n"] or 1
+        lo, hi = r["ci95"]
         lines.append(
-            f"| {name} | {r['valid']}/{r['n']} ({100 * r['valid'] / n:.0f}%) "
-            f"| {r['exact']}/{r['n']} ({100 * r['exact'] / n:.0f}%) |"
+            f"| {name} | {r['valid']}/{r['n']} | {r['correct']}/{r['n']} | {_pct(r['score'])} ({_pct(lo)}–{_pct(hi)}) |"
+        )
+    lines += ["", "| a → b | difference, points (95% CI) | McNemar p |", "|---|---|---|"]
+    for c in report["comparisons"]:
+        lo, hi = c["ci95"]
+        lines.append(
+            f"| {c['a']} → {c['b']} | {_pct(c['difference'])} ({_pct(lo)} to {_pct(hi)}) | {c['p_value']:.3g} |"
         )
     return "\n".join(lines)
 
