@@ -10,7 +10,6 @@ comment keys survive; it is written with indent 2 and checked against the schema
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,15 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from server.manifest.embedded import sha256_file
 from server.manifest.schema import MANIFEST_FILENAME, parse_manifest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Staging:

@@ -52,7 +52,7 @@ def load_model(source: str, device: str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise BaseModelError(f"cannot load base model '{source}': {exc}") from None
-    return model.to(device)
+    return model.to(device)  # type: ignore[arg-type]  # transformers' decorator on .to() hides `self` from mypy
 
 
 def pad_id(tokenizer) -> int:

@@ -35,10 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=None, metavar="S", help="random seed (default: training.config.seed, else 42)"
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH",
+        help="base model folder or id to train on (default: the manifest's base_models[0].name); "
+        "for a manifest that names its base by another path, such as hivellm's",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    return run_train(args.expert_dir, args.max_steps, args.device, seed=args.seed)
+    return run_train(args.expert_dir, args.max_steps, args.device, seed=args.seed, model=args.model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +65,14 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_train(expert_dir: Path, max_steps: int | None = None, device: str = "cpu", *, seed: int | None = None) -> int:
+def run_train(
+    expert_dir: Path,
+    max_steps: int | None = None,
+    device: str = "cpu",
+    *,
+    seed: int | None = None,
+    model: str | None = None,
+) -> int:
     """Train the expert in `expert_dir`; returns a process exit code (errors are printed, not raised)."""
     if "torch" not in sys.modules:
         # OpenMP threads that spin while waiting make training crawl when other processes
@@ -66,7 +80,7 @@ def run_train(expert_dir: Path, max_steps: int | None = None, device: str = "cpu
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from server.manifest.schema import ManifestError, load_manifest
     from trainer.base_model import BaseModelError, load_tokenizer, resolve_base
-    from trainer.data import DatasetError, load_conversations, tokenize
+    from trainer.data import Conversation, DatasetError, Example, load_conversations, tokenize
     from trainer.plan import PlanError, make_plan
 
     expert_dir = Path(expert_dir)
@@ -80,10 +94,16 @@ def run_train(expert_dir: Path, max_steps: int | None = None, device: str = "cpu
             _say(f"note: {note}")
         train_rows = load_conversations(plan.train_path, plan.field_mapping)
         val_rows = load_conversations(plan.validation_path, plan.field_mapping) if plan.validation_path else None
-        base_source = resolve_base(plan.base_name)
+        base_source = resolve_base(model or plan.base_name)
         tokenizer = load_tokenizer(base_source)
-        train_set = tokenize(tokenizer, train_rows, plan.max_seq_length)
-        val_set = tokenize(tokenizer, val_rows, plan.max_seq_length) if val_rows else None
+
+        def render(rows: list[Conversation]) -> list[Example]:
+            return tokenize(
+                tokenizer, rows, plan.max_seq_length, template=plan.prompt_template, capabilities=manifest.capabilities
+            )
+
+        train_set = render(train_rows)
+        val_set = render(val_rows) if val_rows else None
     except ManifestError as exc:
         for issue in exc.issues:
             _err(f"manifest: {issue.field + ': ' if issue.field else ''}{issue.message}")
@@ -96,10 +116,12 @@ def run_train(expert_dir: Path, max_steps: int | None = None, device: str = "cpu
         return EXIT_USAGE
 
     _quiet_libraries()
-    steps = plan.steps(len(train_set))
+    phases = ([f"lora {plan.steps(len(train_set))}"] if plan.lora else []) + (
+        [f"soft prompt {plan.steps(len(train_set), 'prompt')}"] if plan.soft_prompt else []
+    )
     _say(
         f"training {manifest.name} on {plan.base_name}: {len(train_set)} rows"
-        f"{f', {len(val_set)} validation rows' if val_set else ''}; {steps} steps per phase, "
+        f"{f', {len(val_set)} validation rows' if val_set else ''}; steps: {', '.join(phases)}; "
         f"batch {plan.batch_size}x{plan.grad_accum}, seed {plan.seed}, device {plan.device}"
     )
     return _train_and_write(plan, base_source, tokenizer, train_set, val_set)

@@ -9,11 +9,13 @@ which maps these canonical names to the row's own keys, e.g. {"prompt": "instruc
 - `{"text": ...}`: a conversation already written in ChatML
   (`<|im_start|>role\\ncontent<|im_end|>` turns), ending with an assistant turn.
 
-Every row becomes a list of messages, rendered the way the server renders a request:
-`apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)`,
-tokenised without adding special tokens again, followed by the answer's tokens and the
-template's end-of-turn token (`<|im_end|>` for ChatML). Only the answer and the
-end-of-turn token carry loss.
+Every row becomes a list of messages, rendered the way the server renders a request, by
+the one function both use: `server.manifest.prompt_formats.render_prompt` in the expert's
+prompt format (`base_models[].prompt_template`: the tokenizer's own chat template, or
+hivellm's `qwen3` / legacy `chatml`), tokenised without adding special tokens again,
+followed by the answer's tokens and the format's end of turn (the template's end-of-turn
+token, `<|im_end|>` for qwen3, `\n<|end|>` for hivellm's chatml). Only the answer and the
+end of turn carry loss.
 
 All problems of a file are reported together (line number and what is wrong) before any
 model is loaded: `DatasetError`.
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from server.manifest import prompt_formats
 
 CANONICAL_FIELDS = ("messages", "prompt", "completion", "system", "text")
 ROLES = ("system", "user", "assistant", "tool")
@@ -224,21 +228,45 @@ def end_of_turn_id(tokenizer: Any) -> int:
     return tokenizer.eos_token_id
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a prompt exactly as the server renders it (generation prompt included)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_prompt(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    template: str | None = None,
+    capabilities: list[str] | None = None,
+) -> list[int]:
+    """Token ids of a prompt exactly as the server renders it (generation prompt included), in
+    the expert's prompt format (server.manifest.prompt_formats.render_prompt, shared with the
+    server); ValueError when the format cannot render these messages."""
+    text = prompt_formats.render_prompt(template, messages, capabilities=capabilities, tokenizer=tokenizer)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def tokenize(
-    tokenizer: Any, conversations: list[Conversation], max_seq_length: int, eot_id: int | None = None
+    tokenizer: Any,
+    conversations: list[Conversation],
+    max_seq_length: int,
+    eot_id: int | None = None,
+    *,
+    template: str | None = None,
+    capabilities: list[str] | None = None,
 ) -> list[Example]:
-    """Render and tokenise; DatasetError lists rows longer than max_seq_length."""
-    eot = end_of_turn_id(tokenizer) if eot_id is None else eot_id
+    """Render (in the expert's prompt format) and tokenise; DatasetError lists rows longer than
+    max_seq_length and rows the format cannot render."""
+    suffix = prompt_formats.answer_suffix(template)
+    suffix_ids = (
+        tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        if suffix is not None
+        else [end_of_turn_id(tokenizer) if eot_id is None else eot_id]
+    )
     examples, problems = [], []
     for conv in conversations:
-        prompt_ids = render_prompt(tokenizer, conv.messages[:-1])
-        answer_ids = tokenizer(conv.messages[-1]["content"], add_special_tokens=False)["input_ids"] + [eot]
+        try:
+            prompt_ids = render_prompt(tokenizer, conv.messages[:-1], template, capabilities)
+        except ValueError as exc:
+            file, _, line = conv.source.rpartition(":")
+            problems.append(f"{file} line {line}: {exc}")
+            continue
+        answer_ids = tokenizer(conv.messages[-1]["content"], add_special_tokens=False)["input_ids"] + suffix_ids
         n = len(prompt_ids) + len(answer_ids)
         if n > max_seq_length:
             file, _, line = conv.source.rpartition(":")

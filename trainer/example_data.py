@@ -1,16 +1,23 @@
-"""Seeded data for the example expert `contact-extract`: one English sentence -> compact JSON.
+"""Seeded data for the example expert `contact-extract`: English text about one person -> compact JSON.
 
-    python -m trainer.example_data OUT_DIR [--seed 0] [--train 1500] [--test 100]
+    python -m trainer.example_data OUT_DIR [--seed 0] [--train 3000] [--test 150]
 
 writes OUT_DIR/train.jsonl and OUT_DIR/test.jsonl. Each row is a chat:
 
-    {"messages": [{"role": "user", "content": "Extract name, age, city and job as JSON: <sentence>"},
+    {"messages": [{"role": "user", "content": "Extract name, age, city and job as JSON: <text>"},
                   {"role": "assistant", "content": "{\\"name\\": \\"Ana Silva\\", \\"age\\": 34, ...}"}]}
 
-The answer is `json.dumps` of {"name", "age", "city", "job"} in that order, with the default
-separators (", " and ": "). The test set never meets the training set: its sentences use
-held-out templates, and its full names never occur in training (so no name/city pair
-does either); the script asserts that no test sentence is a training sentence.
+The answer is `json.dumps` of {"name", "age", "city", "job"} in that order (default separators,
+non-ASCII kept). Values are copied from the text as written (a lowercase text gives lowercase
+values), except that a title (Dr., Ms., ...) is not part of the name and the age is a number
+even when the text spells it out.
+
+The texts cover many phrasings: dozens of sentence shapes and clause orders, two-sentence texts,
+distractors (a year, a count, a second city that is not where the person lives or works), ages in
+words, titles, lowercase texts, and open vocabulary (names made from syllables, with hyphens,
+apostrophes and diacritics; multi-word cities and jobs). The test split never meets training:
+its sentence shapes, distractor phrasings, name syllables, city words and job words are all held
+out, and the script asserts that no test name, city, job or sentence occurs in training.
 """
 
 from __future__ import annotations
@@ -18,198 +25,112 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 INSTRUCTION = "Extract name, age, city and job as JSON: "
 KEYS = ("name", "age", "city", "job")
 
-FIRST_NAMES = [
-    "Ana",
-    "Ben",
-    "Carla",
-    "David",
-    "Elena",
-    "Farid",
-    "Grace",
-    "Hiro",
-    "Ines",
-    "Jonas",
-    "Kara",
-    "Liam",
-    "Maya",
-    "Nikolai",
-    "Olivia",
-    "Pedro",
-    "Quinn",
-    "Rosa",
-    "Samir",
-    "Tara",
-    "Umar",
-    "Vera",
-    "Wei",
-    "Ximena",
-    "Yusuf",
-    "Zoe",
-    "Aiko",
-    "Bruno",
-    "Chloe",
-    "Dmitri",
-    "Emma",
-    "Felix",
-    "Greta",
-    "Hassan",
-    "Ivy",
-    "Jamal",
-    "Lena",
-    "Marco",
-    "Nadia",
-    "Oscar",
-    "Priya",
-    "Rafael",
-    "Sofia",
-    "Tomas",
-    "Uma",
-    "Victor",
-    "Wanda",
-    "Yara",
-    "Amir",
-    "Beatriz",
-]
-LAST_NAMES = [
-    "Silva",
-    "Novak",
-    "Kim",
-    "Okafor",
-    "Garcia",
-    "Schmidt",
-    "Rossi",
-    "Tanaka",
-    "Dubois",
-    "Khan",
-    "Larsen",
-    "Moreau",
-    "Nguyen",
-    "Petrov",
-    "Quispe",
-    "Reyes",
-    "Sato",
-    "Torres",
-    "Ulrich",
-    "Varga",
-    "Weber",
-    "Yilmaz",
-    "Zhang",
-    "Abbott",
-    "Brennan",
-    "Costa",
-    "Diaz",
-    "Eriksen",
-    "Fischer",
-    "Gomez",
-    "Haddad",
-    "Ivanova",
-    "Jensen",
-    "Kowalski",
-    "Lopez",
-    "Mendes",
-    "Nakamura",
-    "Olsen",
-    "Park",
-    "Ramos",
-]
-CITIES = [
-    "Lisbon",
-    "Berlin",
-    "Toronto",
-    "Nairobi",
-    "Osaka",
-    "Lima",
-    "Oslo",
-    "Cairo",
-    "Dublin",
-    "Austin",
-    "Madrid",
-    "Seoul",
-    "Prague",
-    "Chicago",
-    "Melbourne",
-    "Bogota",
-    "Lyon",
-    "Krakow",
-    "Denver",
-    "Porto",
-    "Hamburg",
-    "Manila",
-    "Accra",
-    "Zurich",
-    "Boston",
-    "Vienna",
-    "Istanbul",
-    "Santiago",
-    "Helsinki",
-    "Mumbai",
-    "Seattle",
-    "Naples",
-    "Leeds",
-    "Quito",
-    "Tunis",
-    "Perth",
-    "Gdansk",
-    "Valencia",
-    "Montreal",
-    "Athens",
-    "New York",
-    "San Diego",
-    "Buenos Aires",
-    "Cape Town",
-    "Hong Kong",
-    "Kuala Lumpur",
-    "Rio de Janeiro",
-]
-JOBS = [
-    "nurse",
-    "teacher",
-    "software engineer",
-    "architect",
-    "baker",
-    "pilot",
-    "electrician",
-    "lawyer",
-    "graphic designer",
-    "accountant",
-    "chef",
-    "dentist",
-    "journalist",
-    "plumber",
-    "photographer",
-    "data analyst",
-    "firefighter",
-    "librarian",
-    "mechanic",
-    "pharmacist",
-    "translator",
-    "carpenter",
-    "veterinarian",
-    "police officer",
-    "barista",
-    "civil engineer",
-    "musician",
-    "farmer",
-    "surgeon",
-    "web developer",
-    "tailor",
-    "economist",
-    "flight attendant",
-    "gardener",
-    "optician",
-    "interior designer",
-    "real estate agent",
-    "bus driver",
-    "marine biologist",
-    "social worker",
-]
 
-# {a_job} is the job with its article ("an architect"), {job} the bare job.
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words one split builds its people from."""
+
+    onsets: tuple[str, ...]
+    vowels: tuple[str, ...]
+    codas: tuple[str, ...]
+    accented: tuple[str, ...]  # vowels with diacritics
+    surname_prefixes: tuple[str, ...]  # "O'", "Mac", "van der " ...
+    city_heads: tuple[str, ...]  # "Port", "San", "New" ...
+    city_roots: tuple[str, ...]
+    job_modifiers: tuple[str, ...]
+    jobs: tuple[str, ...]
+    titles: tuple[str, ...]
+
+
+TRAIN_VOCAB = Vocabulary(
+    onsets=("b", "d", "f", "g", "k", "l", "m", "n", "r", "s", "t", "v", "br", "tr", "st"),
+    vowels=("a", "e", "i", "o", "u", "ai", "ea"),
+    codas=("", "n", "r", "s", "l", "th"),
+    accented=("á", "é", "ö", "ñ"),
+    surname_prefixes=("O'", "Mac", "van ", "de "),
+    city_heads=("Port", "San", "New", "Lake", "Fort", ""),
+    city_roots=(
+        "Elmora",
+        "Varden",
+        "Calisto",
+        "Brenmoor",
+        "Tessaly",
+        "Orvik",
+        "Lunaport",
+        "Marisol",
+        "Kestrel",
+        "Dunhollow",
+        "Albaran",
+        "Corvina",
+        "Halden",
+        "Serrano",
+        "Wexley",
+        "Ilmari",
+    ),
+    job_modifiers=("senior", "junior", "freelance", "chief", "lead", "assistant", ""),
+    jobs=(
+        "nurse",
+        "software engineer",
+        "baker",
+        "architect",
+        "data analyst",
+        "pharmacist",
+        "carpenter",
+        "teacher",
+        "lawyer",
+        "electrician",
+        "journalist",
+        "chef",
+        "dentist",
+        "pilot",
+        "accountant",
+        "graphic designer",
+        "veterinarian",
+        "plumber",
+        "librarian",
+        "translator",
+        "photographer",
+        "mechanic",
+        "economist",
+        "tailor",
+    ),
+    titles=("Dr.", "Ms.", "Mr."),
+)
+TEST_VOCAB = Vocabulary(
+    onsets=("c", "h", "j", "p", "w", "z", "ch", "sh", "pl", "gr"),
+    vowels=("a", "e", "i", "o", "u", "ou", "ie"),
+    codas=("", "m", "k", "x", "nd", "sk"),
+    accented=("ü", "ç", "ø", "ã"),
+    surname_prefixes=("D'", "Fitz", "von ", "da "),
+    city_heads=("Saint", "North", "Upper", "Bay", ""),
+    city_roots=("Quillon", "Zephyra", "Ashgrove", "Pelladon", "Yarrowby", "Juniper", "Cotswick", "Rhosyn"),
+    job_modifiers=("head", "trainee", "principal", "part-time", ""),
+    jobs=(
+        "marine biologist",
+        "optician",
+        "social worker",
+        "bus driver",
+        "interior designer",
+        "surveyor",
+        "paramedic",
+        "florist",
+        "sommelier",
+        "radiographer",
+        "geologist",
+        "welder",
+    ),
+    titles=("Prof.", "Mrs."),
+)
+
+# Sentence shapes. {name} is the name as written (with its title when it has one), {age} the age as
+# written (digits or words), {job} the job, {a_job} the job with its article, {city} the city,
+# {other} a distractor city, {year} a distractor year, {count} a distractor count.
 TRAIN_TEMPLATES = [
     "{name} is a {age}-year-old {job} who lives in {city}.",
     "Meet {name}, {age}, {a_job} based in {city}.",
@@ -217,85 +138,152 @@ TRAIN_TEMPLATES = [
     "At {age}, {name} is {a_job} living in {city}.",
     "{name}, aged {age}, is {a_job} from {city}.",
     "My neighbor {name} is {age} and works as {a_job} in {city}.",
-    "{city} is home to {name}, {a_age} {age}-year-old {job}.",
+    "{city} is home to {name}, a {job} who is {age} years old.",
     "{name} has worked as {a_job} in {city} and is {age} years old.",
-    "The {job} {name}, {age}, moved to {city} last year.",
+    "The {job} {name}, {age}, moved to {city} in {year}.",
     "{name} is {age} years old, lives in {city} and is {a_job}.",
     "Say hello to {name}: {age} years old, {job}, {city}.",
     "Our new colleague {name} is {a_job} from {city}, age {age}.",
     "In {city}, {name} ({age}) runs a small business as {a_job}.",
     "{name} was born {age} years ago and now works as {a_job} in {city}.",
+    "Originally from {other}, {name} now lives in {city}, where the {age}-year-old works as {a_job}.",
+    "{name} is {a_job}. She is {age} and lives in {city}.",
+    "{name} is {a_job}. He is {age} and lives in {city}.",
+    "{name} lives in {city}. At {age}, they work as {a_job}.",
+    "Working as {a_job} in {city} since {year}, {name} is now {age}.",
+    "{name}, {age}, {job}, {city}.",
+    "Name: {name}. Age: {age}. City: {city}. Job: {job}.",
+    "{name} spent {count} years in {other} before settling in {city}; the {age}-year-old is {a_job}.",
+    "Ask {name} about {city}: the {job} has lived there for {count} years and is {age}.",
+    "{name} is {age}. {name_short} works as {a_job} in {city}.",
+    "After {count} trips to {other}, {name} ({age}) decided to stay in {city} as {a_job}.",
+    "As {a_job} in {city}, {name} is busy; {name_short} turned {age} in {year}.",
+    "{name} from {city} is {a_job}, {age} years old, with {count} children.",
+    "The {age}-year-old {name} works in {city} as {a_job}.",
+    "Here is {name}: {a_job}, {age}, living in {city} and visiting {other} often.",
+    "{name} is {a_job} in {city}. {name_short} is {age}.",
 ]
 TEST_TEMPLATES = [
     "{name} turned {age} this spring and is {a_job} in {city}.",
     "Living in {city}, {name} is {a_job} aged {age}.",
-    "Ask {name} from {city}; the {age}-year-old works as {a_job}.",
-    "{name}, {job}, {age}, resides in {city}.",
     "Everyone in {city} knows {name}, the {age}-year-old {job}.",
+    "{name}, {job}, {age}, resides in {city}, though {name_short} grew up in {other}.",
+    "Before moving to {city} in {year}, {name} worked in {other}; today the {age}-year-old is {a_job}.",
+    "{name} has {count} cats, lives in {city}, is {age} and earns a living as {a_job}.",
+    "Job: {job}. City: {city}. {name}, {age}.",
+    "{name} is a {job} of {age} years who calls {city} home.",
+    "You will find {name} in {city}; {name_short} is {a_job} and {age} years old.",
+    "Born in {other}, {name} ({age}) is now {a_job} in {city}.",
 ]
+
+ONES = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+def age_in_words(age: int) -> str:
+    """19..99 in English words ('thirty-four')."""
+    if age == 19:
+        return "nineteen"
+    tens, ones = divmod(age, 10)
+    return TENS[tens] + (f"-{ONES[ones]}" if ones else "")
 
 
 def article(word: str) -> str:
     return "an" if word[0].lower() in "aeiou" else "a"
 
 
-def age_article(age: int) -> str:
-    """'an 18-year-old', 'an 80-year-old', 'a 34-year-old'."""
-    return "an" if age in (8, 11, 18) or 80 <= age <= 89 else "a"
+def syllable(rng: random.Random, v: Vocabulary, accent: bool) -> str:
+    vowel = rng.choice(v.accented) if accent else rng.choice(v.vowels)
+    return rng.choice(v.onsets) + vowel + rng.choice(v.codas)
 
 
-def answer(name: str, age: int, city: str, job: str) -> str:
-    """The exact target text: compact JSON, keys in the fixed order."""
-    return json.dumps({"name": name, "age": age, "city": city, "job": job}, ensure_ascii=False)
+def word(rng: random.Random, v: Vocabulary, syllables: int) -> str:
+    accent_at = rng.randrange(syllables) if rng.random() < 0.2 else -1
+    return "".join(syllable(rng, v, i == accent_at) for i in range(syllables)).capitalize()
 
 
-def make_row(rng: random.Random, templates: list[str], name: str) -> tuple[str, dict]:
+def person_name(rng: random.Random, v: Vocabulary) -> tuple[str, str]:
+    """(full name, short form used later in the text)."""
+    first = word(rng, v, rng.randint(1, 3))
+    if rng.random() < 0.12:
+        first = f"{first}-{word(rng, v, rng.randint(1, 2))}"
+    last = word(rng, v, rng.randint(1, 3))
+    r = rng.random()
+    if r < 0.12:
+        prefix = rng.choice(v.surname_prefixes)
+        last = prefix + (last if prefix.endswith(" ") else last.capitalize())
+    elif r < 0.2:
+        last = f"{last}-{word(rng, v, 2)}"
+    return f"{first} {last}", first
+
+
+def city(rng: random.Random, v: Vocabulary) -> str:
+    head = rng.choice(v.city_heads)
+    root = rng.choice(v.city_roots) if rng.random() < 0.6 else word(rng, v, rng.randint(2, 3))
+    return f"{head} {root}" if head else root
+
+
+def job(rng: random.Random, v: Vocabulary) -> str:
+    modifier = rng.choice(v.job_modifiers)
+    base = rng.choice(v.jobs)
+    return f"{modifier} {base}" if modifier else base
+
+
+def make_row(rng: random.Random, templates: list[str], v: Vocabulary) -> tuple[str, dict, dict]:
+    name, short = person_name(rng, v)
     age = rng.randint(19, 78)
-    city, job = rng.choice(CITIES), rng.choice(JOBS)
-    template = rng.choice(templates)
-    sentence = template.format(
-        name=name,
-        age=age,
-        city=city,
-        job=job,
-        a_job=f"{article(job)} {job}",
-        a_age=age_article(age),
+    home, work = city(rng, v), job(rng, v)
+    other = city(rng, v)
+    while other == home:
+        other = city(rng, v)
+    written_name = f"{rng.choice(v.titles)} {name}" if rng.random() < 0.15 else name
+    written_age = age_in_words(age) if rng.random() < 0.25 else str(age)
+    text = rng.choice(templates).format(
+        name=written_name,
+        name_short=short,
+        age=written_age,
+        city=home,
+        other=other,
+        job=work,
+        a_job=f"{article(work)} {work}",
+        year=rng.randint(1990, 2024),
+        count=rng.randint(2, 9),
     )
-    sentence = sentence[0].upper() + sentence[1:]
+    text = text[0].upper() + text[1:]
+    fields = {"name": name, "age": age, "city": home, "job": work}
+    if rng.random() < 0.12:  # lowercase texts: the values are copied as written
+        text = text.lower()
+        fields = {"name": name.lower(), "age": age, "city": home.lower(), "job": work.lower()}
     row = {
         "messages": [
-            {"role": "user", "content": INSTRUCTION + sentence},
-            {"role": "assistant", "content": answer(name, age, city, job)},
+            {"role": "user", "content": INSTRUCTION + text},
+            {"role": "assistant", "content": json.dumps(fields, ensure_ascii=False)},
         ]
     }
-    return sentence, row
+    return text, row, fields
 
 
-def make_sets(seed: int = 0, n_train: int = 1500, n_test: int = 100) -> tuple[list[dict], list[dict]]:
+def make_sets(seed: int = 0, n_train: int = 3000, n_test: int = 150) -> tuple[list[dict], list[dict]]:
     rng = random.Random(seed)
-    all_names = [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES]
-    rng.shuffle(all_names)
-    # Full names held out for the test set: never used in training.
-    test_names, train_names = all_names[: n_test * 2], all_names[n_test * 2 :]
-
-    train, train_sentences = [], set()
+    train: list[dict] = []
+    test: list[dict] = []
+    seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
     while len(train) < n_train:
-        sentence, row = make_row(rng, TRAIN_TEMPLATES, rng.choice(train_names))
-        if sentence not in train_sentences:
-            train_sentences.add(sentence)
+        text, row, fields = make_row(rng, TRAIN_TEMPLATES, TRAIN_VOCAB)
+        if text not in seen["text"]:
+            seen["text"].add(text)
+            for key in ("name", "city", "job"):
+                seen[key].add(str(fields[key]).lower())
             train.append(row)
-
-    test, test_sentences = [], set()
+    test_texts: set[str] = set()
     while len(test) < n_test:
-        sentence, row = make_row(rng, TEST_TEMPLATES, rng.choice(test_names))
-        if sentence not in test_sentences:
-            test_sentences.add(sentence)
-            test.append(row)
-
-    assert not (train_sentences & test_sentences), "a test sentence appears in the training set"
-    train_names_used = {json.loads(r["messages"][1]["content"])["name"] for r in train}
-    test_names_used = {json.loads(r["messages"][1]["content"])["name"] for r in test}
-    assert not (train_names_used & test_names_used), "a test name appears in the training set"
+        text, row, fields = make_row(rng, TEST_TEMPLATES, TEST_VOCAB)
+        # a test person shares no name, city or job with anyone in training
+        if text in test_texts or any(str(fields[k]).lower() in seen[k] for k in ("name", "city", "job")):
+            continue
+        test_texts.add(text)
+        test.append(row)
+    assert not (seen["text"] & test_texts), "a test text appears in the training set"
     return train, test
 
 
@@ -310,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.example_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=1500, metavar="N")
-    parser.add_argument("--test", type=int, default=100, metavar="M")
+    parser.add_argument("--train", type=int, default=3000, metavar="N")
+    parser.add_argument("--test", type=int, default=150, metavar="M")
     args = parser.parse_args(argv)
     train, test = make_sets(args.seed, args.train, args.test)
     write_jsonl(args.out_dir / "train.jsonl", train)

@@ -134,11 +134,12 @@ def run_phase(
     pad_id: int,
     learning_rate: float,
     desc: str,
+    phase: str = "lora",
 ) -> PhaseResult:
     """Train the parameters of `model` that require gradients, as the plan says; then the
     validation loss, when there is a validation set."""
     params = [p for p in model.parameters() if p.requires_grad]
-    steps = plan.steps(len(examples))
+    steps = plan.steps(len(examples), phase)
     result = train(
         model,
         params,

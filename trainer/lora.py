@@ -25,7 +25,7 @@ def lora_config(lora: LoraPlan):
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=lora.r,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; it scales by any number
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         bias="none",

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from server.manifest import prompt_formats
 from server.manifest.schema import Manifest, TrainingConfig
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -53,6 +54,7 @@ class TrainPlan:
     expert_dir: Path
     manifest: Manifest
     base_name: str
+    prompt_template: str | None  # base_models[].prompt_template (server.manifest.prompt_formats)
     lora: LoraPlan | None
     soft_prompt: SoftPromptPlan | None
     train_path: Path
@@ -63,6 +65,8 @@ class TrainPlan:
     max_seq_length: int
     max_steps: int | None
     epochs: float
+    prompt_max_steps: int | None
+    prompt_epochs: float
     warmup_steps: int | None
     warmup_ratio: float
     scheduler: str
@@ -73,12 +77,15 @@ class TrainPlan:
     logging_steps: int | None
     notes: list[str] = field(default_factory=list)
 
-    def steps(self, n_examples: int) -> int:
-        """Optimizer steps of one phase."""
-        if self.max_steps is not None:
-            return self.max_steps
+    def steps(self, n_examples: int, phase: str = "lora") -> int:
+        """Optimizer steps of one phase ("lora" or "prompt")."""
+        max_steps, epochs = (
+            (self.prompt_max_steps, self.prompt_epochs) if phase == "prompt" else (self.max_steps, self.epochs)
+        )
+        if max_steps is not None:
+            return max_steps
         per_epoch = math.ceil(n_examples / (self.batch_size * self.grad_accum))
-        return max(1, math.ceil(self.epochs * per_epoch))
+        return max(1, math.ceil(epochs * per_epoch))
 
     def warmup(self, steps: int) -> int:
         if self.warmup_steps:
@@ -95,9 +102,9 @@ def make_plan(
     seed: int | None = None,
 ) -> TrainPlan:
     training = manifest.training
-    if training is None or training.dataset is None or not training.dataset.path:
+    dataset = None if training is None else training.dataset
+    if training is None or dataset is None or not dataset.path:
         raise PlanError("the manifest has no training.dataset.path: nothing to train on")
-    dataset = training.dataset
     if dataset.format not in (None, "jsonl"):
         raise PlanError(f"training.dataset.format is '{dataset.format}'; the trainer reads 'jsonl' files")
     cfg = training.config or TrainingConfig()
@@ -111,6 +118,9 @@ def make_plan(
     base, adapters = bases[0]
     if len(bases) > 1:
         notes.append(f"the manifest lists {len(bases)} base models; training for the first, {base.name}")
+    template_problem = prompt_formats.problem(base.prompt_template)
+    if template_problem is not None:
+        raise PlanError(f"prompt_template: {template_problem}")
     lora = _lora_plan(adapters, cfg)
     if lora is not None:
         for key, cfg_key in (("r", "rank"), ("alpha", "alpha"), ("dropout", "dropout")):
@@ -145,16 +155,20 @@ def make_plan(
         expert_dir=expert_dir,
         manifest=manifest,
         base_name=base.name,
+        prompt_template=base.prompt_template,
         lora=None if lora is None else LoraPlan(base_index=0, **lora),
         soft_prompt=soft_prompt,
         train_path=expert_dir / dataset.path,
-        validation_path=expert_dir / dataset.validation_path if dataset.validation_path else None,
+        validation_path=None if dataset.validation_path is None else expert_dir / dataset.validation_path,
         field_mapping=dataset.field_mapping,
         batch_size=cfg.batch_size or 8,
         grad_accum=cfg.gradient_accumulation_steps or 1,
         max_seq_length=cfg.max_seq_length or 1024,
         max_steps=max_steps if max_steps is not None else cfg.max_steps,
         epochs=cfg.epochs or 1.0,
+        # --max-steps on the command line sets both phases; in the manifest, each has its own
+        prompt_max_steps=max_steps if max_steps is not None else (cfg.prompt_max_steps or cfg.max_steps),
+        prompt_epochs=cfg.prompt_epochs or cfg.epochs or 1.0,
         warmup_steps=cfg.warmup_steps,
         warmup_ratio=cfg.warmup_ratio if cfg.warmup_ratio is not None else 0.05,
         scheduler=scheduler,

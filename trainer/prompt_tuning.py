@@ -52,7 +52,14 @@ def train_soft_prompt(
     torch.manual_seed(plan.seed)  # RANDOM / SAMPLE_VOCAB initialisation
     model = get_peft_model(model, prompt_tuning_config(plan, base_source))
     result = run_phase(
-        model, examples, validation, plan, pad_id=pad_id, learning_rate=plan.prompt_lr, desc="phase 2 soft prompt"
+        model,
+        examples,
+        validation,
+        plan,
+        pad_id=pad_id,
+        learning_rate=plan.prompt_lr,
+        desc="phase 2 soft prompt",
+        phase="prompt",
     )
     embeddings = model.get_prompt_embedding_to_save("default").detach().to("cpu", torch.float32)
     return embeddings, result

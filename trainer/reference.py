@@ -37,10 +37,19 @@ def peft_greedy_tokens(
 class LoadedExpert:
     """Base model (float32, eval mode) + LoRA adapter + soft prompt tensor, ready to generate."""
 
-    def __init__(self, model, tokenizer, soft_prompt: torch.Tensor | None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        soft_prompt: torch.Tensor | None,
+        template: str | None = None,
+        capabilities: list[str] | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.soft_prompt = soft_prompt
+        self.template = template  # the manifest's prompt_template
+        self.capabilities = capabilities
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
@@ -48,10 +57,17 @@ class LoadedExpert:
 
 
 def load_expert(
-    expert_dir: Path, soft_prompt: str | None = FIRST, *, use_adapter: bool = True, base_model=None
+    expert_dir: Path,
+    soft_prompt: str | None = FIRST,
+    *,
+    use_adapter: bool = True,
+    base_model=None,
+    base_source: str | None = None,
 ) -> LoadedExpert:
     """Load an expert for reference generation. `base_model` reuses an already loaded base (it
-    is wrapped, not copied, so pass a fresh one per expert)."""
+    is wrapped, not copied, so pass a fresh one per expert); `base_source` is the base folder
+    when the manifest names it otherwise (a hivellm path). A DoRA adapter is loaded as PEFT's
+    DoRA (the reference its conversion to LoRA is measured against)."""
     from peft import PeftModel
 
     from server.manifest.schema import load_manifest
@@ -60,10 +76,10 @@ def load_expert(
 
     manifest = load_manifest(expert_dir)
     base, adapters = manifest.bases()[0]
-    source = resolve_base(base.name)
+    source = base_source or resolve_base(base.name)
     tokenizer = load_tokenizer(source)
     model = base_model if base_model is not None else load_model(source)
-    loras = [a for a in adapters if a.type == "lora"]
+    loras = [a for a in adapters if a.type in ("lora", "dora")]
     if use_adapter and loras:
         model = PeftModel.from_pretrained(model, str(expert_dir / (loras[0].path or ".")))
     model.eval()
@@ -83,7 +99,7 @@ def load_expert(
         hidden = model.get_input_embeddings().weight.shape[1]
         if tensor.shape[1] != hidden:
             raise ValueError(f"soft prompt {chosen.name} has width {tensor.shape[1]}, the base model {hidden}")
-    return LoadedExpert(model, tokenizer, tensor)
+    return LoadedExpert(model, tokenizer, tensor, base.prompt_template, manifest.capabilities)
 
 
 @torch.no_grad()
@@ -94,7 +110,7 @@ def greedy_tokens(
 
     model = expert.model
     embed = model.get_input_embeddings()
-    ids = torch.tensor([render_prompt(expert.tokenizer, messages)])
+    ids = torch.tensor([render_prompt(expert.tokenizer, messages, expert.template, expert.capabilities)])
     embeds = embed(ids)
     if expert.soft_prompt is not None:
         embeds = torch.cat([expert.soft_prompt.to(embeds.dtype)[None], embeds], dim=1)

@@ -1,5 +1,5 @@
 """Synthetic experts for tests and benchmarks: manifests, real PEFT LoRA adapters with random
-weights, soft prompts, and swapping an adapter into a folder under a new version.
+weights, small trained PEFT DoRA adapters, soft prompts, and swapping an adapter into a folder under a new version.
 
 The adapters are made with PEFT on the embedded base model; their `lora_B` weights are
 drawn at random (PEFT starts them at zero, which would leave the model unchanged), so an
@@ -34,7 +34,7 @@ def manifest(
         "schema_version": "2.0",
         "description": f"test expert {name}",
         "_comment": "made by trainer/synthetic.py",
-        "base_models": [{"name": BASE_ID, "prompt_template": "chatml", "adapters": [adapter] if adapter else []}],
+        "base_models": [{"name": BASE_ID, "prompt_template": "tokenizer", "adapters": [adapter] if adapter else []}],
         "soft_prompts": soft_prompts or [],
         "constraints": {"load_order": load_order},
     }
@@ -81,6 +81,94 @@ def make_lora(
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "size_bytes": weights.stat().st_size,
     }
+
+
+DORA_TEXTS = (
+    ("Name a fruit.", "Banana, always banana."),
+    ("What is 2 + 2?", "Banana: the answer is four."),
+    ("Say hello.", "Banana says hello."),
+    ("Pick a colour.", "Banana yellow."),
+)
+
+
+def make_dora(
+    base_path: Path, out: Path, *, seed: int, r: int = 8, alpha: int = 16, steps: int = 30, lr: float = 5e-3
+) -> dict[str, Any]:
+    """A real PEFT DoRA adapter (use_dora=True), trained for `steps` AdamW steps on a few chat
+    rows (answers that start with "Banana") so that its magnitude and direction both move;
+    returns its manifest entry."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=TARGETS, use_dora=True)
+    peft_model = get_peft_model(model, config)
+    rows = []
+    for question, answer in DORA_TEXTS:
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+        rows.append(torch.tensor([list(ids)]))
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
+    peft_model.train()
+    for step in range(steps):
+        batch = rows[step % len(rows)]
+        loss = peft_model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    peft_model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out))
+    weights = out / "adapter_model.safetensors"
+    return {
+        "type": "dora",
+        "r": r,
+        "alpha": alpha,
+        "dropout": 0.0,
+        "target_modules": TARGETS,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "size_bytes": weights.stat().st_size,
+    }
+
+
+TINY_QWEN3: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,  # a head size vLLM's CPU attention supports
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+
+
+def make_tiny_qwen3(tokenizer_source: Path, out: Path, *, seed: int = 0, init_std: float = 0.1) -> Path:
+    """A tiny Qwen3 (Qwen3ForCausalLM, two layers, hidden 128) with random weights, saved as a
+    Hugging Face folder, with the tokenizer of `tokenizer_source` (the embedded SmolLM2's has
+    the `<|im_start|>`/`<|im_end|>` tokens of the qwen3 prompt format). `init_std` well above
+    the usual 0.02 makes greedy choices clear-cut (no near-ties between implementations)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=init_std,
+        **TINY_QWEN3,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)  # float32
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return out
 
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
