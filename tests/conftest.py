@@ -92,7 +92,7 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
         files={"grammar.gbnf": JSON_GRAMMAR_GBNF},
     )
     write_expert(root, manifest("short-ctx", runtime={"max_model_len": 128, "attention_kernel": "flash-v2"}))
-    # used only by tests/test_metrics.py, so its counts are exactly what that test sends
+    # used only by tests/api/test_metrics.py, so its counts are exactly what that test sends
     write_expert(
         root,
         manifest(
@@ -106,7 +106,7 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
             },
         ),
     )
-    # reloaded by tests/test_reload.py between two adapters; the second waits outside the folder
+    # reloaded by tests/experts/test_reload.py between two adapters; the second waits outside the folder
     swap_a = make_lora(base_path, root / "swap", seed=2)
     write_expert(root, manifest("swap", version="1.0.0", adapter=swap_a, decoding={"temperature": 0, "max_tokens": 8}))
     make_lora(base_path, root.parent / f"{root.name}-swap-b", seed=3)
@@ -120,14 +120,14 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
 def _start_server(experts: Path, log_path: Path, env_extra: dict[str, str] | None = None) -> RunningServer:
     port = free_port()
     env = {**os.environ, "EXPERT_DTYPE": "float32", "EXPERT_MAX_MODEL_LEN": "1024", **(env_extra or {})}
-    log_file = log_path.open("w")
-    proc = subprocess.Popen(
-        [str(EXPERT_BIN), "serve", "--experts-dir", str(experts), "--port", str(port)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    with log_path.open("w") as log_file:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(EXPERT_BIN), "serve", "--experts-dir", str(experts), "--port", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -25,7 +25,7 @@ class FakeEngine:
         from server.errors import EngineFailure
 
         self.requests.append(request)
-        n = request.sampling["n"]
+        n = request.sampling.n
         for i, word in enumerate(self.words):
             if self.fail_after is not None and i >= self.fail_after:
                 raise EngineFailure("generation failed in the engine")
@@ -44,6 +44,9 @@ class FakeEngine:
     async def remove_lora(self, handle: LoRAHandle) -> None:
         self.loras.pop(handle.id, None)
         self.removed.append(handle)
+
+    async def list_loras(self) -> set[int]:
+        return set(self.loras)
 
     async def check_health(self) -> None:
         return None

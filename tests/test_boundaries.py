@@ -49,6 +49,8 @@ PROJECT = ("server", "trainer", "bench", "tests", "conftest")
 NOT_LOADED = {
     "server.manifest.schema": {"torch", "vllm", "fastapi", "transformers"},
     "server.manifest.fates": {"torch", "vllm", "fastapi", "transformers"},
+    "server.manifest.prompt_formats": {"torch", "vllm", "fastapi", "transformers"},
+    "server.manifest.package": {"torch", "vllm", "fastapi", "transformers"},
     "server.manifest.validate": {"torch", "vllm", "fastapi", "transformers"},
     "server.manifest.sampling": {"torch", "vllm", "fastapi", "transformers"},
     "server.manifest.soft_prompt": {"torch", "vllm", "fastapi"},

@@ -17,6 +17,8 @@ from server.api.app import create_app
 from server.settings import Settings
 from trainer.synthetic import manifest, write_expert
 
+pytestmark = pytest.mark.service
+
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 Q = [{"role": "user", "content": "Hi"}]
 
@@ -34,8 +36,8 @@ def run(coro):
 async def _with_app(settings: Settings, engine: FakeEngine, body):
     app = create_app(settings, engine_factory=lambda model, name, args: engine)
     async with LifespanManager(app):
-        gw = app.state.gateway
-        await asyncio.wait_for(gw.ready_event.wait(), 60)
+        gw = app.state.service
+        await asyncio.wait_for(gw.started(), 60)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             return await body(client, gw)
@@ -133,9 +135,9 @@ def test_a_valid_request_reaches_the_engine_with_resolved_sampling(experts):
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] == "Hello world."
     (req,) = engine.requests
-    assert req.sampling["temperature"] == 0.3 and req.sampling["top_p"] == 0.5
+    assert req.sampling.temperature == 0.3 and req.sampling.top_p == 0.5
     # the manifest's context (64) bounds the default max_tokens
-    assert req.sampling["max_tokens"] == 64 - len(req.prompt_token_ids)
+    assert req.sampling.max_tokens == 64 - len(req.prompt_token_ids)
 
 
 def test_not_ready_is_503(experts):
@@ -147,15 +149,17 @@ def test_not_ready_is_503(experts):
 
     async def go():
         app = create_app(Settings(experts_dir=experts), engine_factory=slow_factory)
-        async with LifespanManager(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-                health = await client.get("/health")
-                ready = await client.get("/ready")
-                chat = await client.post("/v1/chat/completions", json={"model": BASE, "messages": Q})
-                release.set()
-                await asyncio.wait_for(app.state.gateway.ready_event.wait(), 30)
-                ready_after = await client.get("/ready")
-                return health, ready, chat, ready_after
+        async with (
+            LifespanManager(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client,
+        ):
+            health = await client.get("/health")
+            ready = await client.get("/ready")
+            chat = await client.post("/v1/chat/completions", json={"model": BASE, "messages": Q})
+            release.set()
+            await asyncio.wait_for(app.state.service.started(), 30)
+            ready_after = await client.get("/ready")
+            return health, ready, chat, ready_after
 
     health, ready, chat, ready_after = run(go())
     assert health.status_code == 200

@@ -23,7 +23,7 @@ from conftest import free_port
 
 pytestmark = pytest.mark.engine
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "expert-gateway.json"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"

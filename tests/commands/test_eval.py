@@ -11,28 +11,66 @@ import pytest
 
 pytestmark = pytest.mark.engine
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPERT = Path(sys.executable).parent / "expert"
 
 
 def test_eval_reports_every_variant_of_the_example_expert():
     out = subprocess.run(
-        [str(EXPERT), "eval", str(REPO / "experts" / "contact-extract"), "--json", "--limit", "4"],
+        [str(EXPERT), "eval", str(REPO / "experts" / "contact-extract"), "--json", "--limit", "6"],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
-    assert report["expert"] == "contact-extract" and report["cases"] == 4
+    assert report["expert"] == "contact-extract" and report["cases"] == 6
+    assert report["metric"] == "exact_match"
     variants = report["variants"]
-    assert list(variants) == ["base", "lora", "lora+soft_prompt", "lora+soft_prompt+grammar"]
+    assert list(variants) == ["base", "base+grammar", "lora", "lora+soft_prompt", "lora+soft_prompt+grammar"]
     for name, r in variants.items():
-        assert r["n"] == 4 and 0 <= r["exact"] <= r["valid"] <= 4, (name, r)
-    # the grammar admits only the task's JSON object: every answer parses
-    assert variants["lora+soft_prompt+grammar"]["valid"] == 4
+        assert set(r) == {"n", "valid", "correct", "score", "ci95"}, name
+        assert r["n"] == 6 and 0 <= r["correct"] <= r["valid"] <= 6, (name, r)
+        assert r["score"] == r["correct"] / 6
+        lo, hi = r["ci95"]
+        assert 0 <= lo <= r["score"] <= hi <= 1, (name, r)
+    # the grammar admits only the task's JSON object: every answer of the expert parses (the base's
+    # may run out of max_tokens inside a long string)
+    assert variants["lora+soft_prompt+grammar"]["valid"] == 6
     # the trained adapter does the task; the base model does not
-    assert variants["lora"]["exact"] > variants["base"]["exact"]
+    assert variants["lora"]["correct"] > variants["base"]["correct"]
+    pairs = {(c["a"], c["b"]): c for c in report["comparisons"]}
+    assert len(pairs) == 10  # every pair of the five variants
+    base_lora = pairs[("base", "lora")]
+    assert base_lora["difference"] == pytest.approx(variants["lora"]["score"] - variants["base"]["score"])
+    assert 0 <= base_lora["p_value"] <= 1 and base_lora["ci95"][0] <= base_lora["difference"] <= base_lora["ci95"][1]
+
+
+def test_eval_scores_sql_by_execution_and_never_writes_the_database(tmp_path):
+    """The SQL example expert as shipped before training (no adapter, no soft prompt): its base
+    rows are scored by running each answer on the expert's database, read-only."""
+    import hashlib
+    import shutil
+
+    expert = tmp_path / "shop-sql"
+    shutil.copytree(REPO / "experts" / "shop-sql", expert, ignore=shutil.ignore_patterns("adapter_*", "soft_prompts"))
+    data = json.loads((expert / "manifest.json").read_text())
+    data["base_models"][0]["adapters"] = []
+    data["soft_prompts"] = []
+    (expert / "manifest.json").write_text(json.dumps(data))
+    database = expert / "shop.sqlite"
+    before = hashlib.sha256(database.read_bytes()).hexdigest()
+    out = subprocess.run(
+        [str(EXPERT), "eval", str(expert), "--json", "--limit", "6"], capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["metric"] == "sql_execution" and report["cases"] == 6
+    assert list(report["variants"]) == ["base", "base+grammar"]
+    for r in report["variants"].values():
+        assert 0 <= r["correct"] <= r["valid"] <= 6
+    assert [(c["a"], c["b"]) for c in report["comparisons"]] == [("base", "base+grammar")]
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before
 
 
 def test_eval_without_test_cases_is_a_clear_error(tmp_path):

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.deploy
+
 yaml = pytest.importorskip("yaml", reason="pyyaml is not installed (dev extra: pip install -e '.[dev]')")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -408,7 +410,7 @@ def test_services_select_the_pods():
 
 def test_dockerfile_targets():
     targets = _final_targets()
-    for target, (base_image, ins) in targets.items():
+    for target, (_, ins) in targets.items():
         user = _last(ins, "USER")
         assert user, f"{target}: no USER (it would run as root)"
         assert user.split(":")[0] not in ("root", "0"), f"{target}: USER {user}"
@@ -439,8 +441,8 @@ def test_dockerfile_targets():
         "expert model prepare",
     ]
     positions = [runs.find(step) for step in steps]
-    assert -1 not in positions, dict(zip(steps, positions))
-    assert positions == sorted(positions), f"cpu install steps out of order: {dict(zip(steps, positions))}"
+    assert -1 not in positions, dict(zip(steps, positions, strict=True))
+    assert positions == sorted(positions), f"cpu install steps out of order: {dict(zip(steps, positions, strict=True))}"
     assert any(k == "ARG" and a.startswith("TORCH_INDEX_URL") for k, a in cpu)
     gpu_runs = " ".join(a for k, a in targets["default"][1] if k == "RUN")
     assert "[gpu]" in gpu_runs and "[cpu]" not in gpu_runs
@@ -507,3 +509,93 @@ def test_prometheus_scrapes_the_gateway_metrics():
     assert interval == "5s"
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
     assert "127.0.0.1:8000" in targets
+
+
+# --------------------------------------------------------------------------------------------
+# (e) adapter-aware routing: the InferencePool example (Gateway API Inference Extension)
+# --------------------------------------------------------------------------------------------
+
+POOL_DIR = K8S_DIR / "inference-pool"
+POOL_SCHEMA = Path(__file__).resolve().parents[1] / "fixtures" / "crds" / "inferencepool-v1.yaml"
+
+
+def _pool_documents() -> dict[str, dict]:
+    docs = {}
+    for path in sorted(POOL_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                docs[doc["kind"]] = doc
+    return docs
+
+
+def _structural(schema: dict) -> dict:
+    """A CRD's structural schema as strict JSON Schema: the API server drops (and kubectl
+    --validate=strict rejects) fields a schema does not name, so every object with `properties`
+    and no `additionalProperties` admits no other key; `x-kubernetes-*` keys are not JSON Schema."""
+    out = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in out:
+        out["properties"] = {k: _structural(v) for k, v in out["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    if isinstance(out.get("items"), dict):
+        out["items"] = _structural(out["items"])
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _structural(out["additionalProperties"])
+    return out
+
+
+def _validate_pool(doc: dict) -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (with kubernetes-validate) is not installed")
+    jsonschema.validate(doc, _structural(yaml.safe_load(POOL_SCHEMA.read_text())))
+    # the CRD's CEL rules
+    ref = doc["spec"]["endpointPickerRef"]
+    if ref.get("kind", "Service") == "Service":
+        assert "port" in ref, "port is required when kind is 'Service' or unspecified"
+    numbers = [p["number"] for p in doc["spec"]["targetPorts"]]
+    assert len(numbers) == len(set(numbers)), "port number must be unique"
+
+
+def test_inference_pool_validates_against_the_crd_schema():
+    docs = _pool_documents()
+    assert set(docs) == {"InferencePool", "HTTPRoute", "Kustomization"}
+    pool = docs["InferencePool"]
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    _validate_pool(pool)
+
+
+def test_inference_pool_schema_check_rejects_mistakes():
+    """Guard for the test above: a misspelt field, a missing picker port, a bad port."""
+    jsonschema = pytest.importorskip("jsonschema")
+    pool = _pool_documents()["InferencePool"]
+    typo = json.loads(json.dumps(pool))
+    typo["spec"]["endpointPickerRef"]["prot"] = typo["spec"]["endpointPickerRef"].pop("port")
+    with pytest.raises(jsonschema.ValidationError):
+        _validate_pool(typo)
+    no_port = json.loads(json.dumps(pool))
+    del no_port["spec"]["endpointPickerRef"]["port"]
+    with pytest.raises(AssertionError, match="port is required"):
+        _validate_pool(no_port)
+    bad_port = json.loads(json.dumps(pool))
+    bad_port["spec"]["targetPorts"] = [{"number": 70000}]
+    with pytest.raises(jsonschema.ValidationError):
+        _validate_pool(bad_port)
+
+
+def test_inference_pool_selects_the_gateway_pods_and_their_port():
+    docs = _pool_documents()
+    pool = docs["InferencePool"]
+    template = _one("Deployment")["spec"]["template"]
+    assert _selects(pool["spec"]["selector"]["matchLabels"], template["metadata"]["labels"])
+    ports = {p["name"]: p["containerPort"] for p in _container()["ports"]}
+    assert [p["number"] for p in pool["spec"]["targetPorts"]] == [ports["http"]]
+    assert pool["metadata"]["namespace"] == "expert-gateway"
+    assert pool["metadata"]["labels"].get(APP_LABEL[0]) == APP_LABEL[1]
+    # the route sends the OpenAI API to the pool
+    route = docs["HTTPRoute"]
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["metadata"]["namespace"] == pool["metadata"]["namespace"]
+    backends = [b for rule in route["spec"]["rules"] for b in rule["backendRefs"]]
+    assert backends == [{"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "expert-gateway"}]
+    assert route["spec"]["parentRefs"], "the route names no Gateway"
+    kust = docs["Kustomization"]
+    assert sorted(kust["resources"]) == ["httproute.yaml", "inferencepool.yaml"]
+    assert kust["namespace"] == "expert-gateway"

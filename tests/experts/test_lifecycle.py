@@ -7,12 +7,17 @@ import json
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pytest
 from asgi_lifespan import LifespanManager
 from fake_engine import FakeEngine
+from safetensors.numpy import save_file
 
 from server.api.app import create_app
 from server.settings import Settings
 from trainer.synthetic import manifest, write_expert
+
+pytestmark = pytest.mark.service
 
 ADAPTER_CONFIG = {
     "peft_type": "LORA",
@@ -30,16 +35,23 @@ def write_lora_expert(root: Path, name: str, version: str) -> Path:
         manifest(name, version=version, adapter={"type": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj"]}),
     )
     (folder / "adapter_config.json").write_text(json.dumps(ADAPTER_CONFIG))
-    (folder / "adapter_model.safetensors").write_bytes(b"fake weights: the fake engine never reads them")
+    # tiny weights: the fake engine never reads them, but the server checks them (finite, F16/BF16/F32)
+    save_file(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.full((2, 8), 0.01, dtype="float32"),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.full((8, 2), 0.01, dtype="float32"),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
     return folder
 
 
 async def _run(settings: Settings, engine: FakeEngine, body):
     app = create_app(settings, engine_factory=lambda *a: engine)
     async with LifespanManager(app):
-        await asyncio.wait_for(app.state.gateway.ready_event.wait(), 60)
+        await asyncio.wait_for(app.state.service.started(), 60)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            return await body(client, app.state.gateway)
+            return await body(client, app.state.service)
 
 
 def test_old_adapter_leaves_the_engine_only_after_its_last_request(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -111,7 +112,7 @@ def test_reload_under_load_never_fails_nor_mixes_versions(server, swap):
     wrong = [(v, t) for v, t in results if t != expected[v]]
     assert not wrong, wrong[:5]
     # each reload replaced the previous version, and every old adapter left the engine
-    for prev, cur in zip(reloads, reloads[1:]):
+    for prev, cur in itertools.pairwise(reloads):
         assert cur["old_adapter"] == prev["adapter"]
     time.sleep(1)
     log = server.log()
@@ -168,7 +169,7 @@ def test_concurrent_reloads_of_one_expert_do_not_interleave(server, swap):
         responses = list(pool.map(lambda _: reload(server), range(4)))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     chain = sorted((r.json() for r in responses), key=lambda r: int(r["adapter"].rsplit("#", 1)[1]))
-    for prev, cur in zip(chain, chain[1:]):
+    for prev, cur in itertools.pairwise(chain):
         assert cur["old_adapter"] == prev["adapter"]
 
 

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from server.manifest import embedded
+
+pytestmark = pytest.mark.unit
 
 EXPERT = Path(sys.executable).parent / "expert"
 

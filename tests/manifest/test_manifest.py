@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from server.manifest.schema import (
     Manifest,
@@ -18,6 +19,8 @@ from server.manifest.schema import (
     load_manifest,
     parse_manifest,
 )
+
+pytestmark = pytest.mark.unit
 
 REAL = ("expert-json", "expert-neo4j", "expert-sql", "expert-typescript")
 QWEN = "F:/Node/hivellm/expert/models/Qwen3-0.6B"
@@ -415,7 +418,7 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
         "base_models[0].rope_scaling.factor",
         0,
         "base_models[0].rope_scaling.factor",
-        "greater than 0",
+        "greater than or equal to 1",
     ),
     ("schema-version-enum", "schema_version", "3.0", "schema_version", "'2.0'"),
     ("name-missing", "name", DELETE, "name", "missing"),
@@ -605,6 +608,6 @@ def test_json_schema_rejects_broken_manifests(reference_dir: Path, schema_valida
 def test_manifest_model_is_frozen(reference_dir: Path) -> None:
     m = parse_manifest(raw_manifest(reference_dir, "expert-json"))
     assert isinstance(m, Manifest)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         m.name = "other"  # type: ignore[misc]
     assert m.name == "expert-json"

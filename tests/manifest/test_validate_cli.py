@@ -16,6 +16,8 @@ import pytest
 
 from trainer.synthetic import BASE_ID, make_lora, manifest, write_expert
 
+pytestmark = pytest.mark.unit
+
 EXPERT_BIN = Path(sys.executable).parent / "expert"
 REAL = ("expert-json", "expert-neo4j", "expert-sql", "expert-typescript")
 FATES = {"applied", "checked", "refused"}
@@ -135,7 +137,7 @@ def real_runs(reference_dir: Path) -> dict[str, tuple[Run, Run]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     json_runs = []
     for path, proc in json_procs:
@@ -148,7 +150,7 @@ def real_runs(reference_dir: Path) -> dict[str, tuple[Run, Run]]:
     return Runs(
         {
             name: (json_run, Run(["validate", path], *texts[path], ""))
-            for name, path, json_run in zip(REAL, paths, json_runs)
+            for name, path, json_run in zip(REAL, paths, json_runs, strict=True)
         }
     )
 
@@ -371,7 +373,7 @@ def broken_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
         (folder / "manifest.json").write_text(text)
         folders.append(folder)
     runs = run_all(*(["validate", str(folder / "manifest.json"), "--json"] for folder in folders))
-    return Runs({b[0]: (folder, r) for b, folder, r in zip(BROKEN, folders, runs)})
+    return Runs({b[0]: (folder, r) for b, folder, r in zip(BROKEN, folders, runs, strict=True)})
 
 
 @pytest.mark.parametrize(
@@ -505,7 +507,7 @@ def lora_runs(tmp_path_factory: pytest.TempPathFactory, lora_template) -> dict[t
 
     keys = [(name, mode) for name, (_, modes) in cases.items() for mode in modes]
     runs = run_all(*(["validate", str(cases[name][0]), *mode] for name, mode in keys))
-    return Runs(zip(keys, runs))
+    return Runs(zip(keys, runs, strict=True))
 
 
 def test_servable_expert_exits_0(lora_runs) -> None:

@@ -40,7 +40,7 @@ def _manifest(**overrides) -> dict:
         "base_models": [
             {
                 "name": BASE,
-                "prompt_template": "chatml",
+                "prompt_template": "tokenizer",
                 "adapters": [
                     {
                         "type": "lora",
@@ -100,6 +100,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- dataset errors
 
 
+@pytest.mark.unit
 def test_missing_dataset_file_is_a_clear_error(tmp_path, capsys):
     expert = make_expert(tmp_path)
     (expert / "datasets" / "train.jsonl").unlink()
@@ -111,6 +112,7 @@ def test_missing_dataset_file_is_a_clear_error(tmp_path, capsys):
     assert snapshot(expert) == before
 
 
+@pytest.mark.unit
 def test_bad_json_line_is_reported_with_its_line_and_nothing_is_written(tmp_path, capsys):
     lines = [json.dumps(GOOD_ROWS[0]), '{"prompt": "x", "completion": ', json.dumps(GOOD_ROWS[1])]
     expert = make_expert(tmp_path, lines)
@@ -123,6 +125,7 @@ def test_bad_json_line_is_reported_with_its_line_and_nothing_is_written(tmp_path
     assert snapshot(expert) == before  # no adapter, no soft prompt, manifest untouched
 
 
+@pytest.mark.unit
 def test_row_without_assistant_target_names_its_line(tmp_path, capsys):
     no_target = {"messages": [{"role": "user", "content": "hi"}]}
     lines = [json.dumps(GOOD_ROWS[0]), json.dumps(GOOD_ROWS[1]), json.dumps(no_target)]
@@ -134,6 +137,7 @@ def test_row_without_assistant_target_names_its_line(tmp_path, capsys):
     assert snapshot(expert) == before
 
 
+@pytest.mark.unit
 def test_every_bad_row_is_listed(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(
@@ -158,6 +162,7 @@ def test_every_bad_row_is_listed(tmp_path):
     assert "keys found: answer, question" in problems[3]
 
 
+@pytest.mark.unit
 def test_row_formats_and_field_mapping():
     chat = row_to_messages(GOOD_ROWS[0])
     assert chat[-1] == {"role": "assistant", "content": '{"greeting": "hi"}'}
@@ -181,6 +186,7 @@ def test_row_formats_and_field_mapping():
         row_to_messages({"text": "<|im_start|>user\nq<|im_end|>\n"})
 
 
+@pytest.mark.unit
 def test_unknown_field_mapping_key_is_refused(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(GOOD_ROWS[0]) + "\n")
@@ -188,6 +194,7 @@ def test_unknown_field_mapping_key_is_refused(tmp_path):
         load_conversations(path, {"answer": "output"})
 
 
+@pytest.mark.unit
 def test_non_lora_adapter_is_refused(tmp_path, capsys):
     m = _manifest()
     m["base_models"][0]["adapters"][0]["type"] = "dora"
@@ -197,6 +204,7 @@ def test_non_lora_adapter_is_refused(tmp_path, capsys):
     assert "dora" in err and "only 'lora'" in err
 
 
+@pytest.mark.unit
 def test_loss_is_only_on_the_answer_and_end_of_turn():
     from trainer.base_model import load_tokenizer, resolve_base
     from trainer.data import Conversation, tokenize
@@ -210,10 +218,11 @@ def test_loss_is_only_on_the_answer_and_end_of_turn():
     n_prompt = len(ex.labels) - len(learned)
     assert tok.decode(ex.input_ids[:n_prompt]) == prompt
     assert ex.labels[:n_prompt] == [-100] * n_prompt
-    with pytest.raises(DatasetError, match="longer than training.config.max_seq_length"):
+    with pytest.raises(DatasetError, match=r"longer than training\.config\.max_seq_length"):
         tokenize(tok, [Conversation("x:1", messages)], 10)
 
 
+@pytest.mark.unit
 def test_learning_rate_schedule():
     assert lr_at(0, 100, 10, 1.0, "cosine") == pytest.approx(0.1)
     assert lr_at(9, 100, 10, 1.0, "cosine") == pytest.approx(1.0)
@@ -226,6 +235,7 @@ def test_learning_rate_schedule():
 # ----------------------------------------------------------------------------- soft prompt files
 
 
+@pytest.mark.unit
 def test_load_soft_prompt_safetensors(tmp_path):
     t = torch.randn(4, HIDDEN)
     save_file({"prompt_embeddings": t}, str(tmp_path / "named.safetensors"))
@@ -248,6 +258,7 @@ def test_load_soft_prompt_safetensors(tmp_path):
         load_soft_prompt(tmp_path / "x.npy")
 
 
+@pytest.mark.unit
 def test_load_soft_prompt_torch_files(tmp_path):
     t = torch.randn(3, HIDDEN)
     torch.save(t, tmp_path / "plain.pt")
@@ -269,6 +280,8 @@ class _Payload:
         return (os.mkdir, (self.marker,))
 
 
+@pytest.mark.unit
+# torch warns about the foreign pickle this test feeds it on purpose
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_load_soft_prompt_refuses_arbitrary_pickles(tmp_path):
     marker = tmp_path / "pickle-ran"
@@ -291,6 +304,7 @@ def trained(tmp_path_factory):
     return expert, code
 
 
+@pytest.mark.trainer
 def test_run_train_writes_adapter_soft_prompt_and_manifest(trained):
     expert, code = trained
     assert code == 0
@@ -330,6 +344,7 @@ def test_run_train_writes_adapter_soft_prompt_and_manifest(trained):
     assert (expert / "manifest.json").read_text().startswith('{\n  "schema_version": "2.0",\n')
 
 
+@pytest.mark.trainer
 def test_reference_generation_uses_adapter_and_soft_prompt(trained):
     from trainer.reference import greedy_tokens, load_expert
 
@@ -353,6 +368,7 @@ def test_reference_generation_uses_adapter_and_soft_prompt(trained):
             seq.append(t)
 
 
+@pytest.mark.trainer
 def test_same_seed_reproduces_the_adapter(trained, tmp_path):
     expert, code = trained
     assert code == 0

@@ -1,0 +1,110 @@
+"""The example experts' seeded data: the test splits never meet training, the targets are what
+the texts say, and (for SQL) every gold query runs and fits the expert's grammar."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from trainer import example_data, sql_example
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fields(row: dict) -> dict:
+    return json.loads(row["messages"][-1]["content"])
+
+
+def text(row: dict) -> str:
+    return row["messages"][0]["content"].removeprefix(example_data.INSTRUCTION)
+
+
+@pytest.fixture(scope="module")
+def contact_sets():
+    return example_data.make_sets(seed=3, n_train=600, n_test=80)
+
+
+def test_contact_test_people_share_nothing_with_training(contact_sets):
+    train, test = contact_sets
+    for key in ("name", "city", "job"):
+        seen = {str(fields(r)[key]).lower() for r in train}
+        assert not any(str(fields(r)[key]).lower() in seen for r in test), key
+    assert not ({text(r) for r in train} & {text(r) for r in test})
+
+
+def test_contact_targets_are_copied_from_the_text(contact_sets):
+    train, test = contact_sets
+    words = {w for w in example_data.ONES + example_data.TENS if w}
+    for row in train + test:
+        f, t = fields(row), text(row)
+        assert list(f) == list(example_data.KEYS)
+        for key in ("name", "city", "job"):
+            assert f[key] in t, (key, f, t)
+        assert str(f["age"]) in t or any(w in t for w in words), t
+        assert not f["name"].lower().startswith(("dr.", "ms.", "mr.", "prof.", "mrs.")), f
+
+
+def test_contact_data_covers_the_hard_cases(contact_sets):
+    train, _ = contact_sets
+    texts = [text(r) for r in train]
+    assert any(t == t.lower() for t in texts)  # lowercase
+    assert any(t.count(".") >= 2 and "." in t[:-1] for t in texts)  # two sentences
+    assert any(any(ch in t for ch in "áéöñ") for t in texts)  # diacritics
+    assert any("'" in fields(r)["name"] or "-" in fields(r)["name"] for r in train)
+    assert any(" " in fields(r)["city"] for r in train) and any(" " in fields(r)["job"] for r in train)
+    assert any(example_data.age_in_words(fields(r)["age"]) in text(r) for r in train)  # ages in words
+
+
+def test_contact_data_is_seeded():
+    assert example_data.make_sets(seed=1, n_train=50, n_test=10) == example_data.make_sets(
+        seed=1, n_train=50, n_test=10
+    )
+
+
+def test_age_in_words():
+    assert [example_data.age_in_words(a) for a in (19, 20, 34, 71)] == [
+        "nineteen",
+        "twenty",
+        "thirty-four",
+        "seventy-one",
+    ]
+
+
+@pytest.fixture(scope="module")
+def sql_sets():
+    return sql_example.make_sets(seed=0, n_train=2000, n_test=150)
+
+
+def test_sql_test_shapes_never_occur_in_training(sql_sets):
+    train, test = sql_sets
+    assert not ({r["messages"][0]["content"] for r in train} & {r["messages"][0]["content"] for r in test})
+    families = {r["messages"][1]["content"].split(" FROM ")[1].split()[0] for r in test}
+    assert families == {"customers", "products", "orders", "order_items"}
+
+
+def test_sql_gold_queries_run_and_fit_the_grammar(sql_sets, tmp_path):
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    database = tmp_path / "shop.sqlite"
+    sql_example.build_database(database, seed=0)
+    train, test = sql_sets
+    sql_example.check_gold(database, train + test)
+    grammar = xgrammar.Grammar.from_ebnf((REPO / "experts" / "shop-sql" / "grammar.gbnf").read_text())
+    for row in test + train[:300]:
+        assert _is_grammar_accept_string(grammar, row["messages"][1]["content"]), row
+    assert not _is_grammar_accept_string(grammar, "DELETE FROM customers")
+
+
+def test_the_shipped_database_and_data_are_what_the_script_makes(tmp_path):
+    shipped = REPO / "experts" / "shop-sql"
+    assert sql_example.main([str(tmp_path), "--seed", "0", "--train", "2000", "--test", "150"]) == 0
+    for rel in ("datasets/train.jsonl", "datasets/test.jsonl"):
+        assert (tmp_path / rel).read_bytes() == (shipped / rel).read_bytes(), rel
+    dump = lambda p: list(sqlite3.connect(p).iterdump())  # noqa: E731
+    assert dump(tmp_path / "shop.sqlite") == dump(shipped / "shop.sqlite")
