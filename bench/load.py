@@ -19,6 +19,7 @@ Measured from the client side, for any OpenAI-compatible server:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import statistics
 import time
@@ -167,7 +168,7 @@ async def run_load(
     model: str = "",
     on_window: Callable[[], Any] | None = None,
     stagger_s: float = 0.0,
-    records: list | None = None,
+    records: list[tuple[str, RequestRecord]] | None = None,
     probe: Callable[[], Any] | None = None,
 ) -> LoadResult:
     """`pick(client, k)` -> (model, extra body fields) of a client's k-th request (default: `model`).
@@ -209,8 +210,8 @@ async def run_load(
             probes.append(probe() if probe else None)
         finally:
             stop.set()
-            for t in tasks:
-                t.cancel()
+            for task in tasks:
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     tokens = 0.0
@@ -235,7 +236,7 @@ async def run_load(
                 finished_tokens.append(rec.usage_tokens)
     for _, rec in records:
         ch = [t for t in rec.chunks if w0 <= t <= w1]
-        itl += [b - a for a, b in zip(ch, ch[1:])]
+        itl += [b - a for a, b in itertools.pairwise(ch)]
     return LoadResult(
         clients,
         w1 - w0,

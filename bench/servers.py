@@ -6,6 +6,7 @@ mode, batch size, prefix caching) and the same vLLM CPU environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -26,7 +27,7 @@ CPU_ENV = {"VLLM_CPU_OMP_THREADS_BIND": f"0-{max((os.cpu_count() or 1) - 1, 0)}"
 class EngineConfig:
     dtype: str = "bfloat16"
     max_model_len: int = 2048
-    max_loras: int = 4
+    max_loras: int = 5  # a slot for each of the benchmark's 5 adapters: mixed traffic never swaps
     max_cpu_loras: int = 16
     max_lora_rank: int = 16
     max_num_seqs: int = 64
@@ -116,18 +117,13 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # the engine core runs in a child process of the same group: make sure it is gone
+        # the engine core runs in a child process of the same group: make sure it is gone
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _scan_proc() -> dict[int, tuple[int, float]]:
@@ -166,7 +162,7 @@ def _tree_cpu(server: Server, procs: dict[int, tuple[int, float]]) -> dict[str, 
 def machine_busy_seconds() -> float:
     """CPU seconds the machine's CPUs were busy (steal included: a shared VM's other tenants), /proc/stat."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
@@ -180,7 +176,15 @@ def snapshot(server: Server, everyone: list[Server]) -> dict[str, float]:
     return {**mine, "ours": ours, "machine": machine_busy_seconds(), "t": time.perf_counter()}
 
 
-def gateway(name: str, experts_dir: Path, logs: Path, cfg: EngineConfig, *, embeds_for_all: bool = False) -> Server:
+def gateway(
+    name: str,
+    experts_dir: Path,
+    logs: Path,
+    cfg: EngineConfig,
+    *,
+    embeds_for_all: bool = False,
+    lora_ops: str = "project",
+) -> Server:
     port = free_port()
     env = clean_env(
         {
@@ -191,6 +195,7 @@ def gateway(name: str, experts_dir: Path, logs: Path, cfg: EngineConfig, *, embe
             "EXPERT_MAX_LORA_RANK": str(cfg.max_lora_rank),
             "EXPERT_MAX_NUM_SEQS": str(cfg.max_num_seqs),
             "EXPERT_EMBEDS_FOR_ALL_PROMPTS": "true" if embeds_for_all else "false",
+            "EXPERT_LORA_OPS": lora_ops,
         }
     )
     cmd = [str(VENV_BIN / "expert"), "serve", "--experts-dir", str(experts_dir), "--port", str(port)]

@@ -1,0 +1,40 @@
+"""Comparisons within the gateway: the soft-prompt path (prompt embeddings vs token ids; a soft
+prompt on vs `none`). Experts mixed in one batch vs the base model: bench/lora.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import experts as ex
+from .measure import measure, paired
+from .plan import Plan
+from .servers import Server
+
+
+def soft_prompt_path(plan: Plan, gw: Server, gw_embeds: Server | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if gw_embeds is not None:
+        out["embeds_for_all_vs_tokens"] = paired(
+            "embeds-vs-tokens",
+            8,
+            plan.reps_other,
+            ("embeds", lambda: measure(gw_embeds, plan, 8)),
+            ("tokens", lambda: measure(gw, plan, 8)),
+        )
+        out["embeds_for_all_vs_tokens"]["what"] = (
+            "base-model requests; gateway with EXPERT_EMBEDS_FOR_ALL_PROMPTS=true (prompt embeddings) vs false "
+            "(token ids), two servers with the same experts"
+        )
+    name = ex.SOFT_PROMPT_EXPERT
+    out["soft_prompt_on_vs_none"] = paired(
+        "soft-prompt-on-vs-none",
+        8,
+        plan.reps_other,
+        ("on", lambda: measure(gw, plan, 8, model=name, pick=lambda c, k: (name, {"soft_prompt": "alpha"}))),
+        ("none", lambda: measure(gw, plan, 8, model=name, pick=lambda c, k: (name, {"soft_prompt": "none"}))),
+    )
+    out["soft_prompt_on_vs_none"]["what"] = (
+        f"expert {name!r} (LoRA), soft prompt 'alpha' (6 virtual tokens, sent as prompt embeddings) vs "
+        "soft_prompt='none' (token ids)"
+    )
+    return out

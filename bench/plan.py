@@ -1,0 +1,40 @@
+"""How long and how often the benchmark measures: the default and the `--quick` plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Plan:
+    quick: bool
+    clients: tuple[int, ...] = (1, 8, 32)
+    reps: dict[int, int] | None = None  # clients -> repetitions of gateway-vs-vLLM pairs
+    reps_other: int = 3  # repetitions of the other comparisons
+    warmup_s: float = 2.0  # after the last client has started
+    window_s: float = 8.0
+    window_s_32: float = 12.0
+    stagger_s: float = 0.4  # between client starts (0.25 s at 32 clients)
+    max_tokens: int = 64
+    lora_peer: bool = True  # also compare a LoRA expert against vLLM serving the same adapter
+    embeds_server: bool = True  # start a second gateway with EXPERT_EMBEDS_FOR_ALL_PROMPTS=true
+    reloads: int = 10
+    interleaved: int = 24  # requests per side in the request-interleaved TTFT probe
+    profile: bool = False
+
+    @classmethod
+    def make(cls, quick: bool, profile: bool) -> Plan:
+        if quick:
+            return cls(
+                True,
+                reps={1: 1, 8: 1, 32: 1},
+                reps_other=1,
+                window_s=8.0,
+                window_s_32=8.0,
+                lora_peer=False,
+                embeds_server=False,
+                reloads=4,
+                interleaved=8,
+                profile=profile,
+            )
+        return cls(False, reps={1: 3, 8: 8, 32: 4}, reps_other=2, profile=profile)
