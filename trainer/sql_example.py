@@ -18,12 +18,13 @@ that combination — and the script asserts it, and that every gold query runs o
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from trainer.example_data import write_jsonl
 
 SCHEMA = """
 CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT NOT NULL,
@@ -341,13 +342,6 @@ def check_gold(database: Path, rows: list[dict]) -> None:
     for r in rows:
         conn.execute(r["messages"][-1]["content"]).fetchall()  # raises on a broken gold query
     conn.close()
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
