@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         "environment variable EXPERT_LORA_OPS.",
     )
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences the engine schedules at once.")
+    tool_parser: str | None = Field(
+        default=None,
+        max_length=64,
+        description="vLLM tool parser (for example 'hermes') that reads tool calls out of the model's text, "
+        "so that tool_choice 'auto' works; it needs a chat template that renders `tools`. Unset: 'auto' is "
+        "refused with a 400 (a named function and 'required' work without it).",
+    )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / graph capture (fast start).")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     read_timeout: float = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,28 @@ root ::= "{" ws "\"answer\"" ws ":" ws string ws "}"
 string ::= "\"" [a-zA-Z0-9 ,.]{1,40} "\""
 ws ::= [ ]?
 """
+
+
+TEMPLATES = Path(__file__).resolve().parent / "fixtures" / "templates"
+
+
+def with_tools_template(model: Path, out: Path) -> Path:
+    """A copy of the model folder `model` (weights linked, not copied) whose chat template
+    renders `tools` in the Hermes style (tests/fixtures/templates/hermes_tools.jinja)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model.iterdir():
+        if f.suffix == ".safetensors":
+            (out / f.name).symlink_to(f.resolve())
+        elif f.name != "chat_template.jinja" and f.is_file():
+            shutil.copy2(f, out / f.name)
+    shutil.copy2(TEMPLATES / "hermes_tools.jinja", out / "chat_template.jinja")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tools_model(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Path:
+    """The embedded model with a chat template that renders tools."""
+    return with_tools_template(base_path, tmp_path_factory.mktemp("tools-model"))
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.api.logprobs import chat_logprobs
@@ -29,7 +29,7 @@ from server.api.tools import (
     tool_call,
 )
 from server.engine.prompts import PromptBuilder
-from server.engine.vllm_engine import Engine, GenerationRequest
+from server.engine.vllm_engine import Completion, Engine, GenerationRequest, ToolCallParser
 from server.errors import APIError, InvalidRequest
 from server.experts.registry import ExpertSnapshot
 from server.manifest import prompt_formats
@@ -68,9 +68,28 @@ class PlannedChat:
 
 AUTO_REFUSED = (
     "tool_choice 'auto' (the default when tools are given) lets the model choose between text and tool calls; "
-    "this server does not parse tool calls out of free text: name a function in tool_choice, or use 'required' "
-    "(or 'none')"
+    "this server reads no tool calls out of free text (no tool parser is set: EXPERT_TOOL_PARSER): name a "
+    "function in tool_choice, or use 'required' (or 'none')"
 )
+
+
+def _auto_tools(tools: ToolPlan, parser: ToolCallParser | None, prompts: PromptBuilder) -> ToolPlan:
+    """tool_choice "auto": the model's own syntax for calls, read by the server's tool parser."""
+    if parser is None:
+        raise InvalidRequest(AUTO_REFUSED, param="tool_choice")
+    if not _template_support(prompts).tools:
+        raise InvalidRequest(
+            "tool_choice 'auto' needs a chat template that shows the model its tools; this model's template "
+            "renders no tools: name a function in tool_choice, or use 'required' (or 'none')",
+            param="tool_choice",
+        )
+    offered = tools.template_tools() or []
+
+    def read_calls(text: str) -> tuple[str | None, list[tuple[str, str]]]:
+        answer = parser.parse(text, offered)
+        return answer.content, answer.calls
+
+    return replace(tools, parser=read_calls)
 
 
 def _template_support(prompts: PromptBuilder) -> TemplateSupport:
@@ -90,11 +109,12 @@ def plan_chat(
     engine_max_len: int,
     server_defaults: dict[str, Any],
     embeds_for_all: bool,
+    tool_parser: ToolCallParser | None = None,
 ) -> PlannedChat:
     """Every check and decision before the engine; `expert` None means the base model."""
     tools = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
     if tools.mode == "auto":
-        raise InvalidRequest(AUTO_REFUSED, param="tool_choice")
+        tools = _auto_tools(tools, tool_parser, prompts)
     try:
         messages = [m.template_input() for m in req.messages]
     except ValueError as exc:
@@ -231,6 +251,13 @@ def plan_generation(
                 param="tools",
             )
         structured = JsonSchema(tools.schema or {})
+    elif tools.answers_with_calls and structured is not None:
+        source = "response_format" if rf is not None and rf.type != "text" else f"the grammar of expert {req.model!r}"
+        raise InvalidRequest(
+            f"{source} constrains the answer ({structured.kind}), so the model cannot write tool calls "
+            "under tool_choice 'auto'",
+            param="tool_choice",
+        )
 
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
     generation = GenerationRequest(
@@ -330,7 +357,7 @@ async def complete(
     for i, r in enumerate(results):
         message: dict[str, Any] = {"role": "assistant", "content": r.text}
         finish = r.finish_reason
-        if plan.tools.constrained:
+        if plan.tools.answers_with_calls:
             message, finish = message_with_calls(plan.tools, r.text, finish)
         choice: dict[str, Any] = {
             "index": i,
@@ -356,10 +383,11 @@ def sse(data: Any) -> bytes:
 
 
 class _ToolStream:
-    """The `tool_calls` deltas of one streamed choice whose answer is constrained to tool calls.
+    """The `tool_calls` deltas of one streamed choice whose answer may be tool calls.
 
     A named function streams its arguments as they come (the first delta carries the call's
-    id and name); "required" answers are an array of calls, sent whole when complete."""
+    id and name); "required" answers are an array of calls, sent whole when complete; "auto"
+    answers are sent whole when complete, as the tool parser reads them (text or calls)."""
 
     def __init__(self, plan: ToolPlan):
         self.plan = plan
@@ -381,54 +409,43 @@ class _ToolStream:
             return None, finish_reason
         message, finish = message_with_calls(self.plan, self.text, finish_reason)
         if message.get("tool_calls"):
-            return {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}, finish
-        return {"content": message["content"]}, finish
+            delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}
+            if message["content"]:
+                delta = {"content": message["content"], **delta}
+            return delta, finish
+        return ({"content": message["content"]} if message["content"] else None), finish
 
 
-async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIterator[bytes]:
-    """SSE chunks; an error after the first byte is sent as one error event, then the stream ends.
+async def stream_choices(
+    engine: Engine,
+    plan: PlannedChat,
+    outcome: Outcome,
+    base: dict[str, Any],
+    choices_of: Callable[[Completion, int], list[dict[str, Any]]],
+) -> AsyncIterator[bytes]:
+    """The part of a stream that chat and text completions share.
 
-    When the client disconnects, the server stops iterating this generator; closing it
-    closes the engine's generator, and vLLM aborts the request.
+    Runs the generation and sends one chunk per engine step with the choices that
+    `choices_of(completion, offset)` makes of it (`offset`: the length of the choice's text
+    before this step); records the first token's time and the token counts in `outcome`;
+    ends with the usage chunk when asked, then `[DONE]`. An error after the first byte is
+    sent as one error event, then `[DONE]`. When the client disconnects, the server stops
+    iterating this generator; closing it closes the engine's generator, and vLLM aborts
+    the request.
     """
-    base = {"id": plan.request_id, "object": "chat.completion.chunk", "created": plan.created, "model": plan.model}
     n = plan.generation.sampling.n
     texts = [""] * n
     tokens = [0] * n
-    calls = [_ToolStream(plan.tools) for _ in range(n)] if plan.tools.constrained else None
-    yield sse(
-        {
-            **base,
-            "choices": [
-                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}
-                for i in range(n)
-            ],
-        }
-    )
     try:
         async for step in engine.generate(plan.generation):
             chunks = []
             for c in step.completions:
                 if c.token_ids and outcome.first_token_at is None:
                     outcome.first_token_at = time.perf_counter()
+                offset = len(texts[c.index])
                 texts[c.index] += c.text
                 tokens[c.index] += len(c.token_ids)
-                finish = c.finish_reason
-                logprobs = chat_logprobs(c.logprobs or [], plan.logprobs) if plan.logprobs is not None else None
-                if calls is not None:
-                    delta = calls[c.index].delta(c.text) or {}
-                    if finish is not None:
-                        last, finish = calls[c.index].finish(finish)
-                        if last is not None:
-                            if delta:
-                                chunks.append(
-                                    {"index": c.index, "delta": delta, "finish_reason": None, "logprobs": None}
-                                )
-                            delta = last
-                else:
-                    delta = {"content": c.text} if c.text else {}
-                if delta or finish or (logprobs is not None and c.token_ids):
-                    chunks.append({"index": c.index, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
+                chunks += choices_of(c, offset)
             if chunks:
                 yield sse({**base, "choices": chunks})
     except APIError as exc:
@@ -441,3 +458,40 @@ async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIt
     if plan.include_usage:
         yield sse({**base, "choices": [], "usage": usage(plan.prompt_tokens, sum(tokens))})
     yield b"data: [DONE]\n\n"
+
+
+async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIterator[bytes]:
+    """Chat completion chunks: the assistant role first, then content or tool-call deltas."""
+    base = {"id": plan.request_id, "object": "chat.completion.chunk", "created": plan.created, "model": plan.model}
+    n = plan.generation.sampling.n
+    calls = [_ToolStream(plan.tools) for _ in range(n)] if plan.tools.answers_with_calls else None
+
+    def choices_of(c: Completion, offset: int) -> list[dict[str, Any]]:
+        chunks = []
+        finish = c.finish_reason
+        logprobs = chat_logprobs(c.logprobs or [], plan.logprobs) if plan.logprobs is not None else None
+        if calls is not None:
+            delta = calls[c.index].delta(c.text) or {}
+            if finish is not None:
+                last, finish = calls[c.index].finish(finish)
+                if last is not None:
+                    if delta:
+                        chunks.append({"index": c.index, "delta": delta, "finish_reason": None, "logprobs": None})
+                    delta = last
+        else:
+            delta = {"content": c.text} if c.text else {}
+        if delta or finish or (logprobs is not None and c.token_ids):
+            chunks.append({"index": c.index, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
+        return chunks
+
+    yield sse(
+        {
+            **base,
+            "choices": [
+                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}
+                for i in range(n)
+            ],
+        }
+    )
+    async for chunk in stream_choices(engine, plan, outcome, base, choices_of):
+        yield chunk

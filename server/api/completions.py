@@ -9,16 +9,15 @@ refused), `echo` and `suffix` are not supported.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from server.api.chat import Outcome, PlannedChat, collect, plan_generation, sse, usage
+from server.api.chat import Outcome, PlannedChat, collect, plan_generation, stream_choices, usage
 from server.api.logprobs import completion_logprobs
 from server.api.protocol import CompletionRequest
 from server.engine.prompts import PromptBuilder
-from server.engine.vllm_engine import Engine
-from server.errors import APIError, InvalidRequest
+from server.engine.vllm_engine import Completion, Engine
+from server.errors import InvalidRequest
 from server.experts.registry import ExpertSnapshot
 
 
@@ -90,42 +89,14 @@ async def complete(
 
 
 async def stream(engine: Engine, plan: PlannedChat, outcome: Outcome) -> AsyncIterator[bytes]:
-    """SSE chunks of text; an error after the first byte is one error event, then `[DONE]`."""
+    """`text_completion` chunks of text (see server.api.chat.stream_choices for the rest)."""
     base = {"id": plan.request_id, "object": "text_completion", "created": plan.created, "model": plan.model}
-    n = plan.generation.sampling.n
-    texts = [""] * n
-    tokens = [0] * n
-    try:
-        async for step in engine.generate(plan.generation):
-            choices = []
-            for c in step.completions:
-                if c.token_ids and outcome.first_token_at is None:
-                    outcome.first_token_at = time.perf_counter()
-                offset = len(texts[c.index])
-                texts[c.index] += c.text
-                tokens[c.index] += len(c.token_ids)
-                if c.text or c.finish_reason or c.token_ids:
-                    choices.append(
-                        {
-                            "index": c.index,
-                            "text": c.text,
-                            "logprobs": (
-                                completion_logprobs(c.logprobs or [], plan.logprobs, offset)
-                                if plan.logprobs is not None
-                                else None
-                            ),
-                            "finish_reason": c.finish_reason,
-                        }
-                    )
-            if choices:
-                yield sse({**base, "choices": choices})
-    except APIError as exc:
-        yield sse(exc.body())
-        yield b"data: [DONE]\n\n"
-        raise  # Observation.wrap_stream records the status and ends the stream
-    outcome.prompt_tokens = plan.prompt_tokens
-    outcome.completion_tokens = sum(tokens)
-    outcome.texts = texts
-    if plan.include_usage:
-        yield sse({**base, "choices": [], "usage": usage(plan.prompt_tokens, sum(tokens))})
-    yield b"data: [DONE]\n\n"
+
+    def choices_of(c: Completion, offset: int) -> list[dict[str, Any]]:
+        if not (c.text or c.finish_reason or c.token_ids):
+            return []
+        logprobs = completion_logprobs(c.logprobs or [], plan.logprobs, offset) if plan.logprobs is not None else None
+        return [{"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish_reason}]
+
+    async for chunk in stream_choices(engine, plan, outcome, base, choices_of):
+        yield chunk

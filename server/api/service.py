@@ -28,6 +28,7 @@ from server.api.auth import KeyRing
 from server.engine.prompts import PromptBuilder
 from server.engine.vllm_engine import (
     Engine,
+    ToolCallParser,
     VLLMEngine,
     configure_cpu_environment,
     known_attention_backends,
@@ -65,6 +66,7 @@ class ReadyState:
     prompts: PromptBuilder
     lifecycle: Lifecycle
     engine_max_model_len: int
+    tool_parser: ToolCallParser | None = None  # reads tool calls for tool_choice "auto" (EXPERT_TOOL_PARSER)
 
 
 class Service:
@@ -166,6 +168,12 @@ class Service:
         args = self.engine_args(plan, loras)
         engine_max_model_len = int(args["max_model_len"])
         prompts = await asyncio.to_thread(PromptBuilder, model)
+        tool_parser = None
+        if s.tool_parser:
+            try:
+                tool_parser = await asyncio.to_thread(ToolCallParser, s.tool_parser, prompts.tokenizer)
+            except ValueError as exc:
+                raise StartupFailed(f"EXPERT_TOOL_PARSER: {exc}") from None
         factory: EngineFactory = self.engine_factory or VLLMEngine.start
         engine: Engine = await asyncio.to_thread(factory, model, s.served_model_name, args)
         self._engine = engine
@@ -198,7 +206,7 @@ class Service:
             len(registry.not_loaded),
             sorted(registry.not_loaded),
         )
-        self._state = ReadyState(engine, registry, prompts, lifecycle, engine_max_model_len)
+        self._state = ReadyState(engine, registry, prompts, lifecycle, engine_max_model_len, tool_parser)
         self._engine_watch = asyncio.create_task(self._watch_engine(engine))
         self._residency_watch = asyncio.create_task(self._watch_residency(engine, registry, residency))
 

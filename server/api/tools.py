@@ -6,7 +6,9 @@
   constrained to one of the tools (`parallel_tool_calls: false`: exactly one), returned as
   tool calls.
 - `"none"`: plain text. `"auto"` (the default when tools are given) lets the model choose; it
-  needs a chat template that renders `tools` and a vLLM tool parser (`EXPERT_TOOL_PARSER`).
+  needs a chat template that renders `tools` and a vLLM tool parser (`EXPERT_TOOL_PARSER`),
+  which reads the calls out of the model's text. The answer is not constrained; a stream
+  sends it in one chunk at the end, once it is parsed.
 - History: assistant `tool_calls` and `tool` messages go to the chat template as Hugging Face
   templates take them (`arguments` as an object). A template that does not render
   `tool_calls` gets them in the assistant's text instead, one
@@ -77,6 +79,7 @@ class ToolCall(BaseModel):
 
 
 Mode = Literal["none", "auto", "named", "required"]
+ParsedCalls = tuple[str | None, list[tuple[str, str]]]  # (text before the calls, [(name, arguments JSON)])
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,17 @@ class ToolPlan:
     tools: tuple[ToolDefinition, ...] = ()
     name: str | None = None  # the named function
     schema: dict[str, Any] | None = None  # the structured-output JSON schema (named, required)
+    # "auto": reads the calls out of a complete answer (a vLLM tool parser behind the engine seam)
+    parser: Callable[[str], ParsedCalls] | None = None
 
     @property
     def constrained(self) -> bool:
         return self.mode in ("named", "required")
+
+    @property
+    def answers_with_calls(self) -> bool:
+        """The answer may become `tool_calls`: constrained, or "auto" with a parser."""
+        return self.constrained or (self.mode == "auto" and self.parser is not None)
 
     def template_tools(self) -> list[dict[str, Any]] | None:
         """`tools` for the chat template (None: the template gets none)."""
@@ -187,15 +197,26 @@ def parse_calls(plan: ToolPlan, text: str) -> list[tuple[str, str]] | None:
 
 
 def message_with_calls(plan: ToolPlan, text: str, finish_reason: str | None) -> tuple[dict[str, Any], str | None]:
-    """The assistant message and finish reason of a constrained answer.
+    """The assistant message and finish reason of an answer that may hold tool calls.
 
-    A complete answer becomes `tool_calls` (content null; finish reason `tool_calls` for
-    "required", `stop` for a named function, as OpenAI answers); an answer cut short stays
-    text, with the engine's finish reason."""
-    calls = parse_calls(plan, text)
-    if calls is None:
+    A complete constrained answer becomes `tool_calls` (content null; finish reason
+    `tool_calls` for "required", `stop` for a named function, as OpenAI answers); an answer
+    cut short stays text, with the engine's finish reason. Under "auto", the tool parser
+    decides: calls found become `tool_calls` beside the text before them (finish reason
+    `tool_calls`); otherwise the answer is text."""
+    if plan.mode == "auto" and plan.parser is not None:
+        content, found = plan.parser(text)
+        if not found:
+            return {"role": "assistant", "content": text}, finish_reason
+        return {
+            "role": "assistant",
+            "content": content,
+            "tool_calls": [tool_call(n, a) for n, a in found],
+        }, "tool_calls"
+    parsed = parse_calls(plan, text)
+    if parsed is None:
         return {"role": "assistant", "content": text}, finish_reason
-    message = {"role": "assistant", "content": None, "tool_calls": [tool_call(n, a) for n, a in calls]}
+    message = {"role": "assistant", "content": None, "tool_calls": [tool_call(n, a) for n, a in parsed]}
     return message, ("tool_calls" if plan.mode == "required" else finish_reason)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from server.experts.probes import probe_expert, subject_of
-from server.manifest.artifacts import ArtifactReport, inside
+from server.manifest.artifacts import ArtifactReport
 from server.manifest.validate import ValidationResult
 from server.settings import Settings
 
@@ -38,7 +38,6 @@ async def _probe(
     from server.engine.prompts import PromptBuilder
     from server.engine.vllm_engine import LoRAHandle, VLLMEngine, configure_cpu_environment
     from server.manifest.artifacts import grammar_location, manifest_location
-    from server.manifest.soft_prompt import load_soft_prompt
     from server.settings import detect_platform
 
     m = result.manifest
@@ -71,11 +70,7 @@ async def _probe(
         if report.adapter is not None and report.adapter_dir is not None and report.adapter.type == "lora":
             lora = LoRAHandle(f"{m.name}@{m.version}#prove", 1, str(report.adapter_dir))
             await engine.add_lora(lora)
-        soft = {}
-        for sp in m.soft_prompts:
-            file = inside(root, sp.path)
-            if file is not None and file.is_file():
-                soft[sp.name] = load_soft_prompt(file)
+        soft = report.soft_prompts  # read and checked once, by the artifact check
         kind, _ = grammar_location(root, manifest_file, m)
         subject = subject_of(
             m,

@@ -76,6 +76,47 @@ class GenerationStep:
     finished: bool
 
 
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """A model's answer read by a tool parser: the text before the calls, and the calls."""
+
+    content: str | None
+    calls: list[tuple[str, str]]  # (function name, arguments as a JSON string)
+
+
+class ToolCallParser:
+    """One of vLLM's tool parsers (`vllm/tool_parsers`), reading the tool calls a model wrote
+    in its own syntax (Hermes' `<tool_call>{...}</tool_call>`, Llama's JSON, ...) out of a
+    complete answer; used for tool_choice "auto"."""
+
+    def __init__(self, name: str, tokenizer: Any):
+        from vllm.tool_parsers import ToolParserManager
+
+        try:
+            parser_class = ToolParserManager.get_tool_parser(name)
+        except KeyError:
+            known = ", ".join(sorted({*ToolParserManager.tool_parsers, *ToolParserManager.lazy_parsers}))
+            raise ValueError(f"no vLLM tool parser named {name!r}; vLLM has: {known}") from None
+        self.name = name
+        self._parser_class = parser_class
+        self._tokenizer = tokenizer
+
+    def parse(self, text: str, tools: list[dict[str, Any]]) -> ParsedAnswer:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        request = ChatCompletionRequest.model_validate({"model": "-", "messages": [], "tools": tools})
+        offered: list[Any] = list(request.tools or [])
+        parser = self._parser_class(self._tokenizer, offered)  # parsers keep state: one per answer
+        try:
+            info = parser.extract_tool_calls(text, request)
+        except Exception:  # a parser that fails on odd text: the answer stays text
+            return ParsedAnswer(text, [])
+        if not info.tools_called:
+            return ParsedAnswer(text, [])
+        calls = [(c.function.name, c.function.arguments) for c in info.tool_calls if c.function.name]
+        return ParsedAnswer(info.content or None, calls)
+
+
 class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]: ...
     async def add_lora(self, handle: LoRAHandle) -> None: ...

@@ -193,16 +193,8 @@ class Loader:
         if reasons:
             raise ExpertLoadError(m.name, reasons)
 
-        from server.manifest.soft_prompt import load_soft_prompt
-
-        soft_prompts = {}
-        for i, sp in enumerate(m.soft_prompts):
-            path = inside(folder, sp.path)
-            assert path is not None  # checked by check_artifacts
-            try:
-                soft_prompts[sp.name] = await asyncio.to_thread(load_soft_prompt, path)
-            except ValueError as exc:
-                raise ExpertLoadError(m.name, [f"soft_prompts[{i}].path: {exc}"]) from None
+        # the tensors check_artifacts read, hashed and checked: each file is read once
+        soft_prompts = {sp.name: report.soft_prompts[sp.name] for sp in m.soft_prompts}
         context = self.engine_max_model_len
         if m.runtime and m.runtime.max_model_len:
             context = min(m.runtime.max_model_len, context)

@@ -12,11 +12,12 @@ for adapter files, soft prompts, grammars (named or the default `grammar.gbnf`) 
 integrity entries. A stray `adapter_model.bin` beside the safetensors is never read.
 
 The result is a set of findings by manifest field plus the reasons the expert cannot be
-served. Nothing here imports fastapi or vllm; torch only inside functions (adapter weights, `.pt` soft prompts).
+served. Nothing here imports fastapi or vllm; torch only inside functions (adapter weights, soft prompts).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DEFAULT_GRAMMAR = "grammar.gbnf"
 OUTSIDE = "must be a relative path inside the expert folder (links out of it are refused)"
 MAX_ADAPTER_CONFIG_BYTES = 1_000_000
+MAX_SOFT_PROMPT_BYTES = 256 << 20  # 16k tokens of a 4096-wide model in float32; a soft prompt is far smaller
 ADAPTER_DTYPES = ("F16", "BF16", "F32")  # safetensors dtype names the engine casts from exactly
 
 
@@ -92,6 +94,9 @@ class ArtifactReport:
     adapter: Adapter | None = None  # its manifest entry (sha256 checked again when staged)
     grammar_path: Path | None = None
     grammar_text: str | None = None
+    # soft prompt name -> float32 tensor [tokens, hidden], read once here and served by the loader
+    soft_prompts: dict[str, Any] = field(default_factory=dict)
+    digests: dict[Path, str] = field(default_factory=dict)  # sha256 of files already read, by resolved path
 
     def note(self, path: str, detail: str, fate: str | None = None) -> None:
         self.findings[path] = Finding(fate, detail)
@@ -377,11 +382,14 @@ def _as_set(value: Any) -> set[str]:
     return {str(v) for v in value} if isinstance(value, list) else set()
 
 
-def _check_file_hash(report: ArtifactReport, fpath: str, file: Path, sha: str | None, size: int | None) -> None:
+def _check_file_hash(
+    report: ArtifactReport, fpath: str, file: Path, sha: str | None, size: int | None, digest: str | None = None
+) -> None:
+    """Check sha256 and size where the manifest gives them; `digest` is the sha256 when already computed."""
     if sha:
         if not file.is_file():
             report.note(f"{fpath}.sha256", f"{file.name} not present: nothing to verify", "checked")
-        elif sha256_file(file) != sha:
+        elif (digest or sha256_file(file)) != sha:
             report.error(f"{fpath}.sha256", f"sha256 of {file.name} does not match the manifest")
         else:
             report.note(f"{fpath}.sha256", f"verified: {file.name}", "applied")
@@ -399,6 +407,9 @@ def _check_file_hash(report: ArtifactReport, fpath: str, file: Path, sha: str | 
 
 
 def _check_soft_prompts(report: ArtifactReport, root: Path, m: Manifest, base: BaseInfo | None) -> None:
+    """Each soft prompt file is read once: hashed, parsed and kept in `report.soft_prompts`."""
+    from server.manifest.soft_prompt import parse_soft_prompt
+
     for i, sp in enumerate(m.soft_prompts):
         spath = f"soft_prompts[{i}]"
         file = inside(root, sp.path)
@@ -409,43 +420,27 @@ def _check_soft_prompts(report: ArtifactReport, root: Path, m: Manifest, base: B
             report.note(f"{spath}.path", f"{sp.path} not present", "refused")
             report.blockers.append(f"{spath}: soft prompt file {sp.path} not present")
             continue
-        _check_file_hash(report, spath, file, sp.sha256, None)
-        try:
-            shape = soft_prompt_shape(file)
-        except ValueError as exc:
-            report.error(f"{spath}.path", str(exc))
+        if file.stat().st_size > MAX_SOFT_PROMPT_BYTES:
+            report.error(f"{spath}.path", f"{file.name} is larger than {MAX_SOFT_PROMPT_BYTES >> 20} MiB")
             continue
-        if shape[0] != sp.tokens:
-            report.error(f"{spath}.tokens", f"tensor has {shape[0]} tokens, manifest says {sp.tokens}")
-        elif base is not None and base.hidden_size is not None and shape[1] != base.hidden_size:
-            report.error(f"{spath}.path", f"tensor width {shape[1]} != hidden size {base.hidden_size} of {base.name}")
-        else:
-            width = f", hidden {shape[1]}" + ("" if base and base.hidden_size else " (base not available to compare)")
-            report.note(f"{spath}.tokens", f"tensor shape [{shape[0]}, {shape[1]}]{width}", "applied")
-
-
-def soft_prompt_shape(file: Path) -> tuple[int, int]:
-    if file.suffix == ".safetensors":
-        from safetensors import safe_open
-
+        data = file.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        report.digests[file] = digest
+        _check_file_hash(report, spath, file, sp.sha256, None, digest)
         try:
-            with safe_open(str(file), framework="numpy") as f:
-                keys = list(f.keys())
-                key = "prompt_embeddings" if "prompt_embeddings" in keys else (keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise ValueError(f"{file.name}: expected one tensor named 'prompt_embeddings', found {keys}")
-                shape = tuple(f.get_slice(key).get_shape())
-        except ValueError:
-            raise
-        except Exception as exc:
-            raise ValueError(f"{file.name}: not a readable safetensors file ({exc})") from None
-    else:
-        from server.manifest.soft_prompt import load_soft_prompt
-
-        shape = tuple(load_soft_prompt(file).shape)
-    if len(shape) != 2:
-        raise ValueError(f"{file.name}: soft prompt must be a 2-D tensor [tokens, hidden], got shape {list(shape)}")
-    return int(shape[0]), int(shape[1])
+            tensor = parse_soft_prompt(data, file)
+        except ValueError as exc:
+            report.error(f"{spath}.path", str(exc).replace(str(file), file.name))
+            continue
+        tokens, width = (int(n) for n in tensor.shape)
+        if tokens != sp.tokens:
+            report.error(f"{spath}.tokens", f"tensor has {tokens} tokens, manifest says {sp.tokens}")
+        elif base is not None and base.hidden_size is not None and width != base.hidden_size:
+            report.error(f"{spath}.path", f"tensor width {width} != hidden size {base.hidden_size} of {base.name}")
+        else:
+            compared = "" if base and base.hidden_size else " (base not available to compare)"
+            report.note(f"{spath}.tokens", f"tensor shape [{tokens}, {width}], hidden {width}{compared}", "applied")
+            report.soft_prompts[sp.name] = tensor
 
 
 def grammar_location(root: Path, manifest_file: Path, m: Manifest) -> tuple[str | None, Path | None]:
@@ -534,7 +529,7 @@ def _check_integrity(report: ArtifactReport, root: Path, m: Manifest) -> None:
             report.note(key, "empty hash: nothing to verify", "checked")
         elif not file.is_file():
             report.error(key, f"{rel} listed but not present")
-        elif sha256_file(file) != sha:
+        elif (report.digests.get(file) or sha256_file(file)) != sha:
             report.error(key, f"sha256 of {rel} does not match")
         else:
             report.note(key, "verified", "applied")

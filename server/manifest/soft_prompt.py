@@ -25,15 +25,23 @@ SUFFIXES = (".safetensors", ".pt", ".bin")
 
 def load_soft_prompt(path: Path) -> torch.Tensor:
     """The soft prompt at `path` as a 2-D float32 tensor [tokens, hidden]; ValueError if unusable."""
+    path = Path(path)
+    _check_suffix(path)
+    if not path.is_file():
+        raise ValueError(f"soft prompt {path}: file not found")
+    return parse_soft_prompt(path.read_bytes(), path)
+
+
+def parse_soft_prompt(data: bytes, path: Path) -> torch.Tensor:
+    """The soft prompt held in `data`, the bytes of the file `path` (whose suffix says the format).
+
+    For callers that already read the file (to hash it, say): the file is read once.
+    """
     import torch
 
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"soft prompt {path}: unsupported file type '{suffix}' (expected {', '.join(SUFFIXES)})")
-    if not path.is_file():
-        raise ValueError(f"soft prompt {path}: file not found")
-    tensor = _from_safetensors(path) if suffix == ".safetensors" else _from_torch_file(path)
+    _check_suffix(path)
+    tensor = _from_safetensors(data, path) if path.suffix.lower() == ".safetensors" else _from_torch_file(data, path)
     if tensor.dim() != 2 or 0 in tensor.shape:
         raise ValueError(f"soft prompt {path}: expected a 2-D tensor [tokens, hidden], got shape {list(tensor.shape)}")
     if not tensor.is_floating_point():
@@ -44,12 +52,18 @@ def load_soft_prompt(path: Path) -> torch.Tensor:
     return tensor
 
 
-def _from_safetensors(path: Path) -> torch.Tensor:
+def _check_suffix(path: Path) -> None:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"soft prompt {path}: unsupported file type '{suffix}' (expected {', '.join(SUFFIXES)})")
+
+
+def _from_safetensors(data: bytes, path: Path) -> torch.Tensor:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
-        tensors = load_file(str(path), device="cpu")
+        tensors = load(data)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"soft prompt {path}: not a readable safetensors file ({exc})") from None
     if TENSOR_NAME in tensors:
@@ -60,11 +74,13 @@ def _from_safetensors(path: Path) -> torch.Tensor:
     raise ValueError(f"soft prompt {path}: expected one tensor or one named '{TENSOR_NAME}', found: {names}")
 
 
-def _from_torch_file(path: Path) -> torch.Tensor:
+def _from_torch_file(data: bytes, path: Path) -> torch.Tensor:
+    import io
+
     import torch
 
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(

@@ -186,3 +186,93 @@ def test_completions_and_model_retrieve(experts):
     assert base.json()["id"] == BASE and expert.json()["parent"] == BASE
     assert_error(missing, 404, code="model_not_found")
     assert len(engine.requests) == 2
+
+
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+def test_auto_tool_choice_reads_calls_with_the_vllm_parser(experts, tools_model):
+    """tool_choice "auto" with EXPERT_TOOL_PARSER: the template shows the model its tools, the
+    answer is not constrained, and vLLM's hermes parser turns the calls the model wrote into
+    `tool_calls` (stream: one chunk at the end); an answer without calls stays text."""
+    from transformers import AutoTokenizer
+
+    engine = FakeEngine(words=("Let me look.", "\n" + HERMES_CALL))
+    body = {"model": BASE, "messages": Q, "tools": [WEATHER]}  # "auto" is the default with tools
+
+    async def go(client, gw):
+        whole = await client.post("/v1/chat/completions", json=body)
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+        return whole, streamed
+
+    settings = {"model": str(tools_model), "model_name": BASE, "tool_parser": "hermes"}
+    (whole, streamed), engine = call(experts, go, engine=engine, **settings)
+    assert whole.status_code == 200, whole.text
+    choice = whole.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert message["content"] == "Let me look.\n"
+    (tool_call_,) = message["tool_calls"]
+    assert tool_call_["function"]["name"] == "get_weather" and tool_call_["id"].startswith("call_")
+    assert json.loads(tool_call_["function"]["arguments"]) == {"city": "Oslo"}
+    request = engine.requests[0]
+    assert request.structured is None  # the model chooses: nothing constrains it
+    prompt = AutoTokenizer.from_pretrained(str(tools_model)).decode(request.prompt_token_ids)
+    assert "<tools>" in prompt and '"get_weather"' in prompt  # the template showed the tools
+
+    chunks = [c for e in _events(streamed.text) for c in e["choices"]]
+    assert chunks[-1]["finish_reason"] == "tool_calls"
+    assert chunks[-1]["delta"]["content"] == "Let me look.\n"
+    (streamed_call,) = chunks[-1]["delta"]["tool_calls"]
+    assert streamed_call["index"] == 0 and json.loads(streamed_call["function"]["arguments"]) == {"city": "Oslo"}
+    assert not any(c["delta"].get("content") for c in chunks[1:-1])  # held back until parsed
+
+    text_only = FakeEngine(words=("It is", " sunny."))
+    r, _ = call(
+        experts, lambda client, gw: client.post("/v1/chat/completions", json=body), engine=text_only, **settings
+    )
+    choice = r.json()["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "It is sunny."}
+    assert choice["finish_reason"] == "stop"
+
+
+def test_auto_tool_choice_refusals_are_400_and_reach_no_engine(experts, tools_model):
+    body = {"model": BASE, "messages": Q, "tools": [WEATHER], "tool_choice": "auto"}
+    # no parser set
+    r, engine = call(experts, lambda client, gw: client.post("/v1/chat/completions", json=body))
+    assert "EXPERT_TOOL_PARSER" in assert_error(r, 400, "tool_choice")["message"] and not engine.requests
+    # a parser, but the embedded model's template renders no tools
+    r, engine = call(experts, lambda client, gw: client.post("/v1/chat/completions", json=body), tool_parser="hermes")
+    assert "renders no tools" in assert_error(r, 400, "tool_choice")["message"] and not engine.requests
+    # an expert whose grammar constrains the answer, and a response_format
+    settings = {"model": str(tools_model), "model_name": BASE, "tool_parser": "hermes"}
+    for extra in ({"model": "jsoner"}, {"response_format": {"type": "json_object"}}):
+        r, engine = call(
+            experts,
+            lambda client, gw, extra=extra: client.post("/v1/chat/completions", json={**body, **extra}),
+            **settings,
+        )
+        assert "tool calls" in assert_error(r, 400, "tool_choice")["message"] and not engine.requests
+
+
+def test_an_unknown_tool_parser_fails_start_up_with_the_known_names(experts):
+    import asyncio
+
+    from asgi_lifespan import LifespanManager
+
+    from server.api.app import create_app
+    from server.api.service import StartupFailed
+    from server.settings import Settings
+
+    engine = FakeEngine()
+
+    async def go():
+        app = create_app(Settings(experts_dir=experts, tool_parser="no-such-parser"), engine_factory=lambda *a: engine)
+        async with LifespanManager(app):
+            with pytest.raises(StartupFailed) as failed:
+                await asyncio.wait_for(app.state.service.started(), 60)
+            return str(failed.value)
+
+    message = asyncio.run(go())
+    assert "EXPERT_TOOL_PARSER" in message and "no-such-parser" in message and "hermes" in message
+    assert not engine.requests

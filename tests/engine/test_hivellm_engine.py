@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _start_server, _stop
+from conftest import TEMPLATES, _start_server, _stop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from trainer.synthetic import make_dora, make_tiny_qwen3
@@ -47,6 +47,8 @@ def hive(tmp_path_factory: pytest.TempPathFactory, base_path: Path):
 
     root = tmp_path_factory.mktemp("hive")
     tiny = make_tiny_qwen3(base_path, root / "tiny-qwen3")
+    # its own chat template renders tools (the experts use hivellm's qwen3 format): tool_choice "auto"
+    shutil.copy2(TEMPLATES / "hermes_tools.jinja", tiny / "chat_template.jinja")
     experts = root / "experts"
     experts.mkdir()
 
@@ -87,6 +89,7 @@ def hive(tmp_path_factory: pytest.TempPathFactory, base_path: Path):
         "EXPERT_MODEL_ALIASES": json.dumps([HIVE_BASE]),
         "EXPERT_MAX_MODEL_LEN": "512",
         "EXPERT_MAX_LORA_RANK": "128",
+        "EXPERT_TOOL_PARSER": "hermes",
     }
     running = _start_server(experts, tmp_path_factory.mktemp("logs") / "qwen3.log", env)
     try:
@@ -144,3 +147,34 @@ def test_converted_dora_expert_serves_the_lora_and_matches_dora(hive):
         # the engine computes exactly the converted LoRA adapter
         assert served == _reference(hive["experts"] / "expert-sql-mini", hive["tiny"], prompt), prompt
         assert served == _reference(hive["dora"], hive["tiny"], prompt), prompt
+
+
+def test_auto_tool_choice_runs_through_the_engine_with_the_tools_in_the_prompt(hive):
+    """On a base whose template renders tools, with vLLM's hermes parser: "auto" reaches the
+    real engine, the prompt carries the tools, and the answer (this random model's text, or
+    calls if it wrote any) validates as the OpenAI SDK's ChatCompletion."""
+    from openai.types.chat import ChatCompletion
+
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    body = {
+        "model": str(hive["tiny"]),
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": [weather],
+        "temperature": 0,
+        "max_tokens": 16,
+    }
+    url = hive["server"].url
+    auto = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    none = httpx.post(f"{url}/v1/chat/completions", json={**body, "tool_choice": "none"}, timeout=120)
+    assert auto.status_code == 200 and none.status_code == 200, (auto.text, none.text)
+    completion = ChatCompletion.model_validate(auto.json())
+    # the tools' block of the template: far more prompt than without tools
+    assert completion.usage is not None and completion.usage.prompt_tokens > none.json()["usage"]["prompt_tokens"] + 50
+    message = completion.choices[0].message
+    assert (message.tool_calls is not None) == (completion.choices[0].finish_reason == "tool_calls")

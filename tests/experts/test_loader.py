@@ -90,3 +90,55 @@ def test_a_lease_holds_its_version_until_the_block_ends(tmp_path):
     assert removed_inside == []  # the leased version stays in the engine while leased
     assert left == 0
     assert removed_after == [old.lora]
+
+
+def test_each_soft_prompt_file_is_read_once_per_load(tmp_path, monkeypatch):
+    """The artifact check hashes, parses and checks the file from one read; the loader serves that tensor."""
+    import builtins
+    import hashlib
+    import io
+
+    import safetensors
+    import safetensors.torch
+    import torch
+
+    from server.manifest.soft_prompt import save_soft_prompt
+
+    folder = tmp_path / "prompted"
+    tensor = torch.randn(4, 576, generator=torch.Generator().manual_seed(3))
+    save_soft_prompt(tensor, folder / "soft_prompts" / "p.safetensors")
+    sha = hashlib.sha256((folder / "soft_prompts" / "p.safetensors").read_bytes()).hexdigest()
+    entry = {"name": "p", "path": "soft_prompts/p.safetensors", "tokens": 4, "sha256": sha}
+    write_expert(tmp_path, manifest("prompted", soft_prompts=[entry]))
+    file = (folder / "soft_prompts" / "p.safetensors").resolve()
+
+    opens: Counter[str] = Counter()
+    real_open = io.open
+
+    def counting_open(name, *args, **kwargs):
+        if isinstance(name, (str, Path)) and Path(name).resolve() == file:
+            opens["open"] += 1
+        return real_open(name, *args, **kwargs)
+
+    def no_file_reader(*args, **kwargs):
+        raise AssertionError("a soft prompt was read by path a second time")
+
+    monkeypatch.setattr(io, "open", counting_open)  # Path.open and Path.read_bytes go through it
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(safetensors.torch, "load_file", no_file_reader)
+    monkeypatch.setattr(safetensors, "safe_open", no_file_reader)
+
+    async def body(client, state):
+        at_start = dict(opens)
+        served_at_start = state.registry.get("prompted").soft_prompts["p"]
+        opens.clear()
+        reload = await client.post("/experts/prompted/reload")
+        return at_start, served_at_start, dict(opens), reload, state.registry.get("prompted").soft_prompts["p"]
+
+    at_start, served, at_reload, reload, served_after = asyncio.run(
+        _run(Settings(experts_dir=tmp_path), FakeEngine(), body)
+    )
+    assert at_start == {"open": 1}
+    assert reload.status_code == 200, reload.text
+    assert at_reload == {"open": 1}
+    assert torch.equal(served, tensor) and torch.equal(served_after, tensor)

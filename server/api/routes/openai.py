@@ -164,6 +164,7 @@ async def _generate(request: Request, service: ServiceDep, endpoint: _Endpoint) 
                 engine_max_len=state.engine_max_model_len,
                 server_defaults=service.server_defaults,
                 embeds_for_all=settings.embeds_for_all_prompts,
+                **({"tool_parser": state.tool_parser} if endpoint is CHAT else {}),
             )
         except APIError as exc:
             obs.finish(exc.status)
