@@ -1,6 +1,6 @@
 """The experts the benchmark serves, built in a scratch folder with the test factory:
-four LoRA experts, one soft-prompt expert (LoRA + two soft prompts), and `swap`, reloaded
-between two adapters."""
+four LoRA experts, one soft-prompt expert (LoRA + two soft prompts), one soft-prompt-only
+expert (a 16-token soft prompt, no adapter), and `swap`, reloaded between two adapters."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LORA_EXPERTS = ["bench-lora-1", "bench-lora-2", "bench-lora-3", "bench-lora-4"]
 SOFT_PROMPT_EXPERT = "sp-expert"
+SOFT_PROMPT_ONLY_EXPERT = "sp-only"
+SOFT_PROMPT_ONLY_TOKENS = 16  # as the example experts' soft prompts
 SWAP_EXPERT = "swap"
 
 
@@ -33,6 +35,7 @@ def build(work: Path, base_path: Path) -> ExpertSet:
         write_expert(root, manifest(name, version="1.0.0", adapter=entry))
         lora_dirs[name] = root / name
     write_soft_prompt_expert(root, base_path, name=SOFT_PROMPT_EXPERT)
+    _write_soft_prompt_only_expert(root, base_path)
     swap_entry = make_lora(base_path, root / SWAP_EXPERT, seed=2)
     write_expert(root, manifest(SWAP_EXPERT, version="1.0.0", adapter=swap_entry))
     swap_a, swap_b = work / "swap-a", work / "swap-b"
@@ -41,3 +44,16 @@ def build(work: Path, base_path: Path) -> ExpertSet:
         shutil.copyfile(root / SWAP_EXPERT / f, swap_a / f)
     make_lora(base_path, swap_b, seed=3)
     return ExpertSet(root, lora_dirs, swap_a, swap_b)
+
+
+def _write_soft_prompt_only_expert(root: Path, base_path: Path) -> None:
+    import torch
+
+    from server.manifest.soft_prompt import load_embedding_matrix, save_soft_prompt
+    from trainer.synthetic import manifest, write_expert
+
+    table = load_embedding_matrix(str(base_path)).float()
+    rows = torch.randint(0, table.shape[0], (SOFT_PROMPT_ONLY_TOKENS,), generator=torch.Generator().manual_seed(5))
+    save_soft_prompt(table[rows], root / SOFT_PROMPT_ONLY_EXPERT / "soft_prompts" / "only.safetensors")
+    entry = {"name": "only", "path": "soft_prompts/only.safetensors", "tokens": SOFT_PROMPT_ONLY_TOKENS}
+    write_expert(root, manifest(SOFT_PROMPT_ONLY_EXPERT, version="1.0.0", soft_prompts=[entry]))

@@ -1,5 +1,6 @@
 """Comparisons within the gateway: the soft-prompt path (prompt embeddings vs token ids; a soft
-prompt on vs `none`). Experts mixed in one batch vs the base model: bench/lora.py."""
+prompt on vs `none`; a soft-prompt-only expert vs the base model). Experts mixed in one batch
+vs the base model: bench/lora.py."""
 
 from __future__ import annotations
 
@@ -36,5 +37,17 @@ def soft_prompt_path(plan: Plan, gw: Server, gw_embeds: Server | None) -> dict[s
     out["soft_prompt_on_vs_none"]["what"] = (
         f"expert {name!r} (LoRA), soft prompt 'alpha' (6 virtual tokens, sent as prompt embeddings) vs "
         "soft_prompt='none' (token ids)"
+    )
+    only = ex.SOFT_PROMPT_ONLY_EXPERT
+    out["soft_prompt_only_vs_base"] = paired(
+        "soft-prompt-only-vs-base",
+        8,
+        plan.reps_other,
+        ("expert", lambda: measure(gw, plan, 8, model=only)),
+        ("base", lambda: measure(gw, plan, 8)),
+    )
+    out["soft_prompt_only_vs_base"]["what"] = (
+        f"expert {only!r}: a {ex.SOFT_PROMPT_ONLY_TOKENS}-token soft prompt and no adapter (prompt embeddings, "
+        "no LoRA slot) vs the base model (token ids)"
     )
     return out

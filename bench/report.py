@@ -130,6 +130,11 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     if "soft_prompt_on_vs_none" in sp:
         r = sp["soft_prompt_on_vs_none"]
         rows.append(("3b. Soft prompt on vs `none` (sp-expert, LoRA), 8 clients", r["on"], r["none"], r))
+    if "soft_prompt_only_vs_base" in sp:
+        r = sp["soft_prompt_only_vs_base"]
+        rows.append(
+            ("3c. Soft-prompt-only expert (16 tokens, no adapter) vs base, 8 clients", r["expert"], r["base"], r)
+        )
     if rows:
         lines += [
             "### 3. The soft-prompt path (gateway)",

@@ -1,4 +1,4 @@
-"""`expert eval` on the example expert, through the real gateway and engine (a few cases)."""
+"""`expert eval` on the example experts, through the real gateway and engine (a few cases each)."""
 
 from __future__ import annotations
 
@@ -47,17 +47,13 @@ def test_eval_reports_every_variant_of_the_example_expert():
 
 
 def test_eval_scores_sql_by_execution_and_never_writes_the_database(tmp_path):
-    """The SQL example expert as shipped before training (no adapter, no soft prompt): its base
-    rows are scored by running each answer on the expert's database, read-only."""
+    """The trained SQL example expert: every variant's answers run on the expert's database,
+    read-only; the database is byte for byte the same afterwards."""
     import hashlib
     import shutil
 
     expert = tmp_path / "shop-sql"
-    shutil.copytree(REPO / "experts" / "shop-sql", expert, ignore=shutil.ignore_patterns("adapter_*", "soft_prompts"))
-    data = json.loads((expert / "manifest.json").read_text())
-    data["base_models"][0]["adapters"] = []
-    data["soft_prompts"] = []
-    (expert / "manifest.json").write_text(json.dumps(data))
+    shutil.copytree(REPO / "experts" / "shop-sql", expert)
     database = expert / "shop.sqlite"
     before = hashlib.sha256(database.read_bytes()).hexdigest()
     out = subprocess.run(
@@ -66,11 +62,35 @@ def test_eval_scores_sql_by_execution_and_never_writes_the_database(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["metric"] == "sql_execution" and report["cases"] == 6
-    assert list(report["variants"]) == ["base", "base+grammar"]
-    for r in report["variants"].values():
+    variants = report["variants"]
+    assert list(variants) == ["base", "base+grammar", "lora", "lora+soft_prompt", "lora+soft_prompt+grammar"]
+    for r in variants.values():
         assert 0 <= r["correct"] <= r["valid"] <= 6
-    assert [(c["a"], c["b"]) for c in report["comparisons"]] == [("base", "base+grammar")]
+    # the adapter writes queries that run and answer; the base model's do not
+    assert variants["lora+soft_prompt+grammar"]["valid"] >= 5
+    assert variants["lora"]["correct"] > variants["base"]["correct"]
+    assert len(report["comparisons"]) == 10
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+
+
+def test_eval_of_a_soft_prompt_only_expert():
+    out = subprocess.run(
+        [str(EXPERT), "eval", str(REPO / "experts" / "contact-extract-prompt"), "--json", "--limit", "6"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    variants = report["variants"]
+    assert list(variants) == ["base", "base+grammar", "soft_prompt", "soft_prompt+grammar"]
+    assert variants["soft_prompt+grammar"]["valid"] == 6  # the grammar admits only the task's JSON
+    assert variants["soft_prompt"]["correct"] > variants["base"]["correct"]
+    assert [(c["a"], c["b"]) for c in report["comparisons"]][:3] == [
+        ("base", "base+grammar"),
+        ("base", "soft_prompt"),
+        ("base", "soft_prompt+grammar"),
+    ]
 
 
 def test_eval_without_test_cases_is_a_clear_error(tmp_path):
