@@ -31,6 +31,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
@@ -228,9 +229,17 @@ async def evaluate(expert_dir: Path, limit: int | None = None, concurrency: int 
                             raise RuntimeError(f"{variant.name}: the gateway answered {r.status_code}: {r.text[:300]}")
                         return str(r.json()["choices"][0]["message"]["content"] or "")
 
-                    for variant in rows:
+                    for i, variant in enumerate(rows, start=1):
+                        started = time.perf_counter()
                         outputs = await asyncio.gather(*(run(variant, m) for m, _ in cases))
                         outcomes[variant.name] = [scorer(o, t) for o, (_, t) in zip(outputs, cases, strict=True)]
+                        correct = sum(c for _, c in outcomes[variant.name])
+                        print(
+                            f"eval: variant {i}/{len(rows)} {variant.name}: {correct}/{len(cases)} correct "
+                            f"in {time.perf_counter() - started:.0f} s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                         examples[variant.name] = [
                             {"output": o, "target": t} for o, (_, t) in zip(outputs[:3], cases[:3], strict=True)
                         ]
