@@ -108,3 +108,10 @@ def test_the_shipped_database_and_data_are_what_the_script_makes(tmp_path):
         assert (tmp_path / rel).read_bytes() == (shipped / rel).read_bytes(), rel
     dump = lambda p: list(sqlite3.connect(p).iterdump())  # noqa: E731
     assert dump(tmp_path / "shop.sqlite") == dump(shipped / "shop.sqlite")
+
+
+def test_the_soft_prompt_only_expert_trains_and_tests_on_the_same_data():
+    """contact-extract-prompt is compared with contact-extract: the same rows, the same grammar."""
+    full, only = REPO / "experts" / "contact-extract", REPO / "experts" / "contact-extract-prompt"
+    for rel in ("datasets/train.jsonl", "datasets/test.jsonl", "grammar.gbnf"):
+        assert (full / rel).read_bytes() == (only / rel).read_bytes(), rel
