@@ -15,15 +15,17 @@ REPO = Path(__file__).resolve().parents[2]
 EXPERT = Path(sys.executable).parent / "expert"
 
 
-def test_eval_reports_every_variant_of_the_example_expert():
+def eval_json(expert: Path, limit: int = 6) -> dict:
+    """`expert eval EXPERT --json --limit N`, which must succeed; its report."""
     out = subprocess.run(
-        [str(EXPERT), "eval", str(REPO / "experts" / "contact-extract"), "--json", "--limit", "6"],
-        capture_output=True,
-        text=True,
-        timeout=900,
+        [str(EXPERT), "eval", str(expert), "--json", "--limit", str(limit)], capture_output=True, text=True, timeout=900
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def test_eval_reports_every_variant_of_the_example_expert():
+    report = eval_json(REPO / "experts" / "contact-extract")
     assert report["expert"] == "contact-extract" and report["cases"] == 6
     assert report["metric"] == "exact_match"
     variants = report["variants"]
@@ -56,11 +58,7 @@ def test_eval_scores_sql_by_execution_and_never_writes_the_database(tmp_path):
     shutil.copytree(REPO / "experts" / "shop-sql", expert)
     database = expert / "shop.sqlite"
     before = hashlib.sha256(database.read_bytes()).hexdigest()
-    out = subprocess.run(
-        [str(EXPERT), "eval", str(expert), "--json", "--limit", "6"], capture_output=True, text=True, timeout=900
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout)
+    report = eval_json(expert)
     assert report["metric"] == "sql_execution" and report["cases"] == 6
     variants = report["variants"]
     assert list(variants) == ["base", "base+grammar", "lora", "lora+soft_prompt", "lora+soft_prompt+grammar"]
@@ -74,14 +72,7 @@ def test_eval_scores_sql_by_execution_and_never_writes_the_database(tmp_path):
 
 
 def test_eval_of_a_soft_prompt_only_expert():
-    out = subprocess.run(
-        [str(EXPERT), "eval", str(REPO / "experts" / "contact-extract-prompt"), "--json", "--limit", "6"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout)
+    report = eval_json(REPO / "experts" / "contact-extract-prompt")
     variants = report["variants"]
     assert list(variants) == ["base", "base+grammar", "soft_prompt", "soft_prompt+grammar"]
     assert variants["soft_prompt+grammar"]["valid"] == 6  # the grammar admits only the task's JSON
