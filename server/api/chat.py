@@ -10,6 +10,7 @@ function or "required" constrains the answer to the tool's JSON schema.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -92,7 +93,10 @@ def _auto_tools(tools: ToolPlan, parser: ToolCallParser | None, prompts: PromptB
     return replace(tools, parser=read_calls)
 
 
+@functools.lru_cache(maxsize=4)
 def _template_support(prompts: PromptBuilder) -> TemplateSupport:
+    """What the base model's chat template does with tools: probed once per PromptBuilder
+    (one per server), not per request."""
     tokenizer: Any = prompts.tokenizer
 
     def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:

@@ -104,12 +104,12 @@ class ToolCallParser:
     def parse(self, text: str, tools: list[dict[str, Any]]) -> ParsedAnswer:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        request = ChatCompletionRequest.model_validate({"model": "-", "messages": [], "tools": tools})
-        offered: list[Any] = list(request.tools or [])
-        parser = self._parser_class(self._tokenizer, offered)  # parsers keep state: one per answer
         try:
+            request = ChatCompletionRequest.model_validate({"model": "-", "messages": [], "tools": tools})
+            offered: list[Any] = list(request.tools or [])
+            parser = self._parser_class(self._tokenizer, offered)  # parsers keep state: one per answer
             info = parser.extract_tool_calls(text, request)
-        except Exception:  # a parser that fails on odd text: the answer stays text
+        except Exception:  # tools vLLM's request model refuses, or a parser failing on odd text: the answer stays text
             return ParsedAnswer(text, [])
         if not info.tools_called:
             return ParsedAnswer(text, [])
