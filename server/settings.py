@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         default="auto", description="Where the engine runs; auto follows the installed vLLM build."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Weights and activations dtype (float32 makes greedy output reproducible)."
+        default="auto",
+        description="Weights and activations dtype (float32 makes greedy output reproducible). auto: on a CPU, "
+        "bfloat16 where it has bfloat16 instructions (AVX512-BF16 or AMX), else float32; on a GPU, vLLM's choice.",
     )
     max_model_len: int = Field(default=2048, ge=64, description="Default context length of the engine.")
     max_loras: int | None = Field(
@@ -127,6 +129,14 @@ class Settings(BaseSettings):
         """Engine args that runtime hints may change (vLLM's own defaults but the context)."""
         return {"max_model_len": self.max_model_len, "enable_prefix_caching": True, "kv_cache_dtype": "auto"}
 
+    def engine_dtype(self, platform: str) -> str:
+        """The dtype the engine starts with: the setting, with `auto` resolved on a CPU (vLLM's
+        `auto` picks bfloat16 on every x86 CPU, and without bfloat16 instructions its matrix
+        products are emulated: several times slower than float32)."""
+        if self.dtype != "auto" or platform != "cpu":
+            return self.dtype
+        return "bfloat16" if cpu_has_bfloat16() else "float32"
+
     @property
     def served_model_name(self) -> str:
         if self.model_name:
@@ -145,3 +155,10 @@ def detect_platform(settings: Settings | None = None) -> str:
         return "cpu"
     except PackageNotFoundError:
         return "cuda"
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16), as torch sees it."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

@@ -249,7 +249,7 @@ class Service:
         s = self.settings
         slots = s.lora_slots(lora_experts)
         args: dict[str, Any] = {
-            "dtype": s.dtype,
+            "dtype": s.engine_dtype(detect_platform(s)),
             "max_model_len": s.max_model_len,
             "enable_lora": True,
             "max_loras": slots,

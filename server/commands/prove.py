@@ -47,7 +47,7 @@ async def _probe(
         configure_cpu_environment()
     hints = result.parts["hints"]
     args: dict[str, Any] = {
-        "dtype": settings.dtype,
+        "dtype": settings.engine_dtype(detect_platform(settings)),
         "max_model_len": settings.max_model_len,
         "enable_lora": True,
         "max_loras": 1,

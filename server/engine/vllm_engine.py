@@ -114,6 +114,11 @@ class ToolCallParser:
         if not info.tools_called:
             return ParsedAnswer(text, [])
         calls = [(c.function.name, c.function.arguments) for c in info.tool_calls if c.function.name]
+        names = {t.function.name for t in offered}
+        if not calls or any(name not in names for name, _ in calls):
+            # a call to a function the request did not offer is not a tool call the client can
+            # run (the parsers pass any name through): the answer stays text, as the model wrote it
+            return ParsedAnswer(text, [])
         return ParsedAnswer(info.content or None, calls)
 
 

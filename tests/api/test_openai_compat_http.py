@@ -235,6 +235,18 @@ def test_auto_tool_choice_reads_calls_with_the_vllm_parser(experts, tools_model)
     assert choice["message"] == {"role": "assistant", "content": "It is sunny."}
     assert choice["finish_reason"] == "stop"
 
+    # a call to a function the request did not offer is returned as the text the model wrote
+    unoffered = HERMES_CALL.replace("get_weather", "delete_files")
+    r, _ = call(
+        experts,
+        lambda client, gw: client.post("/v1/chat/completions", json=body),
+        engine=FakeEngine(words=(unoffered,)),
+        **settings,
+    )
+    choice = r.json()["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": unoffered}
+    assert choice["finish_reason"] == "stop"
+
 
 def test_auto_tool_choice_refusals_are_400_and_reach_no_engine(experts, tools_model):
     body = {"model": BASE, "messages": Q, "tools": [WEATHER], "tool_choice": "auto"}
