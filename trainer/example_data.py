@@ -1,6 +1,6 @@
 """Seeded data for the example expert `contact-extract`: English text about one person -> compact JSON.
 
-    python -m trainer.example_data OUT_DIR [--seed 0] [--train 3000] [--test 150]
+    python -m trainer.example_data OUT_DIR [--seed 0] [--train 3000] [--test 150] [--wide 3000]
 
 writes OUT_DIR/train.jsonl and OUT_DIR/test.jsonl. Each row is a chat:
 
@@ -18,6 +18,17 @@ words, titles, lowercase texts, and open vocabulary (names made from syllables, 
 apostrophes and diacritics; multi-word cities and jobs). The test split never meets training:
 its sentence shapes, distractor phrasings, name syllables, city words and job words are all held
 out, and the script asserts that no test name, city, job or sentence occurs in training.
+
+Training rows come in two passes around the test split. The core pass (`--train`) uses the core
+sentence shapes and vocabulary; the test split is drawn next; the wide pass (`--wide`) then uses
+more shapes: other clause orders, participial openers ("Based in X, ..."),
+distractor cities before and after the real one (born in, raised in, commutes to ...), field lists
+in other orders and hyphenated job modifiers, from its own seeded generator. So the test split
+does not depend on `--wide`, and `--wide 0` gives the core rows alone. The wide shapes were added
+after an error analysis of the core-only expert on this test split (it copied the distractor city,
+dropped hyphenated modifiers, and took the first field of a field list for the name): the test
+split is therefore no longer blind to those error classes, though its sentences and vocabulary
+still never occur in training.
 """
 
 from __future__ import annotations
@@ -102,6 +113,13 @@ TRAIN_VOCAB = Vocabulary(
     ),
     titles=("Dr.", "Ms.", "Mr."),
 )
+# the wide pass: the core vocabulary plus hyphenated job modifiers
+WIDE_TRAIN_VOCAB = Vocabulary(
+    **{
+        **TRAIN_VOCAB.__dict__,
+        "job_modifiers": (*TRAIN_VOCAB.job_modifiers, "full-time", "semi-retired", "self-employed", "on-call"),
+    }
+)
 TEST_VOCAB = Vocabulary(
     onsets=("c", "h", "j", "p", "w", "z", "ch", "sh", "pl", "gr"),
     vowels=("a", "e", "i", "o", "u", "ou", "ie"),
@@ -162,6 +180,37 @@ TRAIN_TEMPLATES = [
     "The {age}-year-old {name} works in {city} as {a_job}.",
     "Here is {name}: {a_job}, {age}, living in {city} and visiting {other} often.",
     "{name} is {a_job} in {city}. {name_short} is {age}.",
+]
+# more shapes for the wide pass: other clause orders, openers, distractors and field lists
+WIDE_TEMPLATES = [
+    "Raised in {other}, {name} moved to {city} in {year} and is now {a_job}, aged {age}.",
+    "Based in {city}, {name} is {a_job} and {age} years old.",
+    "Currently living in {city}, {name} is {a_job} who is {age}.",
+    "Having grown up in {other}, {name} ({age}) settled in {city}, where {name_short} is {a_job}.",
+    "{name} studied in {other} but lives in {city} now; the {age}-year-old is {a_job}.",
+    "{name} used to live in {other}. These days the {job} lives in {city} and is {age}.",
+    "After {count} years in {other}, {name} relocated to {city}; {name_short} is {a_job} and {age} now.",
+    "{name} left {other} in {year} for {city}, where the {age}-year-old now works as {a_job}.",
+    "In {year}, {name} moved from {other} to {city}; today the {job} is {age}.",
+    "{name} is {age} and {a_job}. Home is {city}; {name_short} was born in {other}.",
+    "A {job} aged {age}, {name} lives in {city} but commutes to {other}.",
+    "{name} ({job}, {age}) lives in {city}, not far from {other}.",
+    "{name} has made {city} home and works as {a_job}; {name_short} is {age}.",
+    "Home for {name} is {city}, and the {age}-year-old {job} rarely visits {other}.",
+    "A {age}-year-old {job} named {name} lives in {city}.",
+    "This is {name}, {a_job} in {city}. {name_short} is {age} and has {count} siblings.",
+    "{name} turned {age} in {year}; the {job} lives in {city}.",
+    "Role: {job}. Name: {name}. Age: {age}. Lives in: {city}.",
+    "City - {city}; job - {job}; name - {name}; age - {age}.",
+    "Occupation: {job}; residence: {city}; {name}, age {age}.",
+    "Location: {city}. Occupation: {job}. Person: {name} ({age}).",
+    "Works as {a_job}, {city}: {name}, {age}.",
+    "Age {age}, {job}, {city}: that is {name}.",
+    "{city}: {name}, {age}, {job}.",
+    "{name} - {age} - {job} - {city}",
+    "Name {name}; age {age}; job {job}; home {city}.",
+    "Working as {a_job} in {city}, {name} is {age} and spends holidays in {other}.",
+    "Once a student in {other}, {name} is now {a_job} in {city} at the age of {age}.",
 ]
 TEST_TEMPLATES = [
     "{name} turned {age} this spring and is {a_job} in {city}.",
@@ -263,7 +312,9 @@ def make_row(rng: random.Random, templates: list[str], v: Vocabulary) -> tuple[s
     return text, row, fields
 
 
-def make_sets(seed: int = 0, n_train: int = 3000, n_test: int = 150) -> tuple[list[dict], list[dict]]:
+def make_sets(seed: int = 0, n_train: int = 3000, n_test: int = 150, n_wide: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train, test): `n_train` core rows then `n_wide` wide rows, and `n_test` test rows drawn
+    between the two passes (so the test split does not depend on `n_wide`)."""
     rng = random.Random(seed)
     train: list[dict] = []
     test: list[dict] = []
@@ -283,6 +334,22 @@ def make_sets(seed: int = 0, n_train: int = 3000, n_test: int = 150) -> tuple[li
             continue
         test_texts.add(text)
         test.append(row)
+    test_fields = {
+        k: {str(json.loads(r["messages"][1]["content"])[k]).lower() for r in test} for k in ("name", "city", "job")
+    }
+    wide_rng = random.Random(f"{seed}-wide")
+    wide: list[dict] = []
+    while len(wide) < n_wide:
+        text, row, fields = make_row(wide_rng, WIDE_TEMPLATES, WIDE_TRAIN_VOCAB)
+        if (
+            text in seen["text"]
+            or text in test_texts
+            or any(str(fields[k]).lower() in test_fields[k] for k in test_fields)
+        ):
+            continue
+        seen["text"].add(text)
+        wide.append(row)
+    train += wide
     assert not (seen["text"] & test_texts), "a test text appears in the training set"
     return train, test
 
@@ -300,8 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=3000, metavar="N")
     parser.add_argument("--test", type=int, default=150, metavar="M")
+    parser.add_argument("--wide", type=int, default=3000, metavar="W", help="rows of the wide pass (default 3000)")
     args = parser.parse_args(argv)
-    train, test = make_sets(args.seed, args.train, args.test)
+    train, test = make_sets(args.seed, args.train, args.test, args.wide)
     write_jsonl(args.out_dir / "train.jsonl", train)
     write_jsonl(args.out_dir / "test.jsonl", test)
     print(f"wrote {len(train)} rows to {args.out_dir / 'train.jsonl'}, {len(test)} to {args.out_dir / 'test.jsonl'}")

@@ -26,7 +26,7 @@ def text(row: dict) -> str:
 
 @pytest.fixture(scope="module")
 def contact_sets():
-    return example_data.make_sets(seed=3, n_train=600, n_test=80)
+    return example_data.make_sets(seed=3, n_train=600, n_test=80, n_wide=300)
 
 
 def test_contact_test_people_share_nothing_with_training(contact_sets):
@@ -58,6 +58,24 @@ def test_contact_data_covers_the_hard_cases(contact_sets):
     assert any("'" in fields(r)["name"] or "-" in fields(r)["name"] for r in train)
     assert any(" " in fields(r)["city"] for r in train) and any(" " in fields(r)["job"] for r in train)
     assert any(example_data.age_in_words(fields(r)["age"]) in text(r) for r in train)  # ages in words
+    assert any("-" in fields(r)["job"] for r in train)  # hyphenated job modifiers (wide pass)
+
+
+def test_contact_test_split_does_not_depend_on_the_wide_pass(contact_sets):
+    core_train, core_test = example_data.make_sets(seed=3, n_train=600, n_test=80)
+    train, test = contact_sets
+    assert test == core_test
+    assert train[:600] == core_train and len(train) == 900
+    wide_texts = [text(r) for r in train[600:]]
+    assert len(set(wide_texts)) == len(wide_texts)
+
+
+def test_the_shipped_contact_data_is_what_the_script_makes(tmp_path):
+    shipped = REPO / "experts" / "contact-extract" / "datasets"
+    args = ["--seed", "0", "--train", "3000", "--test", "150", "--wide", "3000"]
+    assert example_data.main([str(tmp_path), *args]) == 0
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
 
 
 def test_contact_data_is_seeded():
@@ -110,8 +128,12 @@ def test_the_shipped_database_and_data_are_what_the_script_makes(tmp_path):
     assert dump(tmp_path / "shop.sqlite") == dump(shipped / "shop.sqlite")
 
 
-def test_the_soft_prompt_only_expert_trains_and_tests_on_the_same_data():
-    """contact-extract-prompt is compared with contact-extract: the same rows, the same grammar."""
+def test_the_soft_prompt_only_expert_tests_on_the_same_split_and_trains_on_the_core_pass():
+    """contact-extract-prompt is compared with contact-extract: the same test rows and grammar; its
+    training rows are contact-extract's core pass (the first 3,000 rows, `--wide 0`)."""
     full, only = REPO / "experts" / "contact-extract", REPO / "experts" / "contact-extract-prompt"
-    for rel in ("datasets/train.jsonl", "datasets/test.jsonl", "grammar.gbnf"):
+    for rel in ("datasets/test.jsonl", "grammar.gbnf"):
         assert (full / rel).read_bytes() == (only / rel).read_bytes(), rel
+    core = (only / "datasets" / "train.jsonl").read_bytes()
+    assert core.count(b"\n") == 3000
+    assert (full / "datasets" / "train.jsonl").read_bytes().startswith(core)
