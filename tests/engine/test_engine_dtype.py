@@ -15,6 +15,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize(("native", "expected"), [(True, "bfloat16"), (False, "float32")])
 def test_auto_on_a_cpu_follows_its_bfloat16_instructions(monkeypatch, native, expected):
+    monkeypatch.delenv("EXPERT_DTYPE", raising=False)
     monkeypatch.setattr(settings_module, "cpu_has_bfloat16", lambda: native)
     s = Settings(device="cpu")
     assert s.engine_dtype("cpu") == expected
@@ -22,6 +23,7 @@ def test_auto_on_a_cpu_follows_its_bfloat16_instructions(monkeypatch, native, ex
 
 
 def test_an_explicit_dtype_and_a_gpu_keep_the_setting(monkeypatch):
+    monkeypatch.delenv("EXPERT_DTYPE", raising=False)
     monkeypatch.setattr(settings_module, "cpu_has_bfloat16", lambda: False)
     assert Settings(dtype="bfloat16").engine_dtype("cpu") == "bfloat16"
     assert Settings(dtype="float16").engine_dtype("cpu") == "float16"
