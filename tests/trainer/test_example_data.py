@@ -137,3 +137,10 @@ def test_the_soft_prompt_only_expert_tests_on_the_same_split_and_trains_on_the_c
     core = (only / "datasets" / "train.jsonl").read_bytes()
     assert core.count(b"\n") == 3000
     assert (full / "datasets" / "train.jsonl").read_bytes().startswith(core)
+
+
+def test_the_soft_prompt_only_sql_expert_shares_shop_sqls_data_and_database():
+    """shop-sql-prompt is compared with shop-sql: the same rows, grammar and database."""
+    full, only = REPO / "experts" / "shop-sql", REPO / "experts" / "shop-sql-prompt"
+    for rel in ("datasets/train.jsonl", "datasets/test.jsonl", "grammar.gbnf", "shop.sqlite"):
+        assert (full / rel).read_bytes() == (only / rel).read_bytes(), rel
