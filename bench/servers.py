@@ -18,21 +18,16 @@ from pathlib import Path
 
 import httpx
 
+from server.settings import cpu_auto_dtype
+
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 VENV_BIN = Path(sys.executable).parent
 CPU_ENV = {"VLLM_CPU_OMP_THREADS_BIND": f"0-{max((os.cpu_count() or 1) - 1, 0)}", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-def _default_dtype() -> str:
-    """bfloat16 where the CPU computes it natively, else float32 (the gateway's `auto`)."""
-    from server.settings import cpu_has_bfloat16
-
-    return "bfloat16" if cpu_has_bfloat16() else "float32"
-
-
 @dataclass
 class EngineConfig:
-    dtype: str = field(default_factory=_default_dtype)
+    dtype: str = field(default_factory=cpu_auto_dtype)  # the gateway's `auto` on a CPU
     max_model_len: int = 2048
     max_loras: int = 5  # a slot for each of the benchmark's 5 adapters: mixed traffic never swaps
     max_cpu_loras: int = 16

@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         products are emulated: several times slower than float32)."""
         if self.dtype != "auto" or platform != "cpu":
             return self.dtype
-        return "bfloat16" if cpu_has_bfloat16() else "float32"
+        return cpu_auto_dtype()
 
     @property
     def served_model_name(self) -> str:
@@ -162,3 +162,8 @@ def cpu_has_bfloat16() -> bool:
     import torch
 
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def cpu_auto_dtype() -> str:
+    """`auto` on a CPU: bfloat16 where the CPU computes it natively, else float32."""
+    return "bfloat16" if cpu_has_bfloat16() else "float32"

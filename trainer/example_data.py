@@ -327,16 +327,16 @@ def make_sets(seed: int = 0, n_train: int = 3000, n_test: int = 150, n_wide: int
                 seen[key].add(str(fields[key]).lower())
             train.append(row)
     test_texts: set[str] = set()
+    test_fields: dict[str, set[str]] = {"name": set(), "city": set(), "job": set()}
     while len(test) < n_test:
         text, row, fields = make_row(rng, TEST_TEMPLATES, TEST_VOCAB)
         # a test person shares no name, city or job with anyone in training
-        if text in test_texts or any(str(fields[k]).lower() in seen[k] for k in ("name", "city", "job")):
+        if text in test_texts or any(str(fields[k]).lower() in seen[k] for k in test_fields):
             continue
         test_texts.add(text)
+        for key in test_fields:
+            test_fields[key].add(str(fields[key]).lower())
         test.append(row)
-    test_fields = {
-        k: {str(json.loads(r["messages"][1]["content"])[k]).lower() for r in test} for k in ("name", "city", "job")
-    }
     wide_rng = random.Random(f"{seed}-wide")
     wide: list[dict] = []
     while len(wide) < n_wide:
