@@ -14,7 +14,11 @@ per token. Here, for a batch whose tokens use `k` distinct adapters (slots):
 - expand: each token's `rank` values are placed in its adapter's block of a zero
   `[tokens, k * rank]` matrix (a scatter), then one GEMM against `[B_1^T; ...; B_k^T]`.
 
-With one adapter (the common case) both are a plain GEMM. The extra work is `k` times the
+With one adapter (the common case) both are a plain GEMM. `lora_linear` does a whole layer
+(vLLM's `add_lora_linear`) at once: every slice's `A` (q, k and v of a merged projection) in
+the shrink GEMM, a mask that keeps each token's own adapter's columns, and the slices' `B`
+block-diagonal in the expand GEMM, each adapter cut to its own rank (vLLM pads every adapter
+to `max_lora_rank` with zeros). The extra work is `k` times the
 rank-sized products, small next to gathering `tokens` copies of the weights. vLLM wraps every
 supported linear layer and keeps zeros in the slots of adapters that do not target it (an
 attention-only adapter leaves the MLP's zero): when the active slots of a layer are all zero
@@ -47,7 +51,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -56,6 +60,7 @@ __all__ = [
     "bgmv_expand",
     "bgmv_expand_slice",
     "bgmv_shrink",
+    "lora_linear",
     "plan_batch",
     "sgmv_expand",
     "sgmv_expand_slice",
@@ -83,6 +88,7 @@ class LoRABatchPlan:
     position: torch.Tensor
     has_lora: torch.Tensor | None
     adapters: tuple[object, ...] | None = None
+    masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_active(self) -> int:
@@ -91,6 +97,22 @@ class LoRABatchPlan:
     @property
     def num_tokens(self) -> int:
         return int(self.position.shape[0])
+
+    def block_mask(self, ranks: tuple[int, ...]) -> torch.Tensor | None:
+        """`[tokens, sum(ranks)]` float32 for columns laid out slot by slot (`ranks[i]` columns
+        for the i-th active slot): 1 in each token's own slot's columns, 0 elsewhere (all 0 for a
+        token without adapter); None when no masking is needed (one adapter, every token has
+        it). Made once per plan and layout."""
+        if self.num_active == 1 and self.has_lora is None:
+            return None
+        found = self.masks.get(ranks)
+        if found is None:
+            column_slot = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks))
+            found = (self.position.view(-1, 1) == column_slot.view(1, -1)).float()
+            if self.has_lora is not None:
+                found.masked_fill_(~self.has_lora, 0.0)
+            self.masks[ranks] = found
+        return found
 
 
 def plan_batch(token_lora_indices: torch.Tensor, slot_adapters: Sequence[object] | None = None) -> LoRABatchPlan:
@@ -133,36 +155,81 @@ def _active(weights: torch.Tensor, plan: LoRABatchPlan, dtype: torch.dtype) -> t
     return _compute(selected, dtype)
 
 
-# (id of the weights tensor, kind, dtype) -> (weak reference to it, (version, slots), prepared);
-# an entry leaves with its tensor. See the module docstring.
-_Entry = tuple[weakref.ref, tuple[object, tuple[int, ...]], torch.Tensor | None]
-_prepared: dict[tuple[int, str, torch.dtype], _Entry] = {}
+# (id of the first weights tensor, kind, dtype, tensors) -> (weak reference to it, (version, slots),
+# what was prepared from the weights); an entry leaves with its tensor. See the module docstring.
+_Entry = tuple[weakref.ref, tuple[object, tuple[int, ...]], object]
+_prepared: dict[tuple[int, str, torch.dtype, int], _Entry] = {}
+
+
+def _cached(weights: Sequence[torch.Tensor], plan: LoRABatchPlan, dtype: torch.dtype, kind: str, make):
+    """`make()` (what `kind` prepares from `weights` for the plan's active slots), kept while the
+    same slots are active and hold the same adapters (see the module docstring)."""
+    first = weights[0]
+    key = (id(first), kind, dtype, len(weights))
+    version: object = plan.adapters
+    if version is None and not any(w.is_inference() for w in weights):
+        version = tuple(w._version for w in weights)
+    state = (version, plan.key)
+    cached = _prepared.get(key)
+    if version is not None and cached is not None and cached[0]() is first and cached[1] == state:
+        return cached[2]
+    prepared = make()
+    if version is not None:
+        _prepared[key] = (weakref.ref(first, lambda _: _prepared.pop(key, None)), state, prepared)
+    return prepared
 
 
 def _stacked(weights: torch.Tensor, plan: LoRABatchPlan, dtype: torch.dtype, kind: str) -> torch.Tensor | None:
     """The active slots' weights as one GEMM operand: `[k * rank, hidden]` for a shrink
     (`A` stacked), `[out, k * rank]` for an expand (`B` side by side); None when they are all
     zero (no active adapter targets this module)."""
-    key = (id(weights), kind, dtype)
-    version: object = plan.adapters
-    if version is None and not weights.is_inference():
-        version = weights._version
-    state = (version, plan.key)
-    cached = _prepared.get(key)
-    if version is not None and cached is not None and cached[0]() is weights and cached[1] == state:
-        return cached[2]
-    w = _active(weights, plan, dtype)
-    k = plan.num_active
-    prepared: torch.Tensor | None
-    if kind == "shrink":  # [k, rank, hidden]
-        prepared = w.reshape(k * w.shape[1], w.shape[2])
-    else:  # [k, out, rank]
-        prepared = w[0] if k == 1 else w.permute(1, 0, 2).reshape(w.shape[1], k * w.shape[2])
-    if not bool(prepared.any()):
-        prepared = None
-    if version is not None:
-        _prepared[key] = (weakref.ref(weights, lambda _: _prepared.pop(key, None)), state, prepared)
-    return prepared
+
+    def make() -> torch.Tensor | None:
+        w = _active(weights, plan, dtype)
+        k = plan.num_active
+        if kind == "shrink":  # [k, rank, hidden]
+            prepared = w.reshape(k * w.shape[1], w.shape[2])
+        else:  # [k, out, rank]
+            prepared = w[0] if k == 1 else w.permute(1, 0, 2).reshape(w.shape[1], k * w.shape[2])
+        return prepared if bool(prepared.any()) else None
+
+    return _cached((weights,), plan, dtype, kind, make)
+
+
+@dataclass(frozen=True)
+class _LinearOperands:
+    """A layer's active adapters as two GEMM operands (see `lora_linear`): `a`, every slice's
+    `A` rows stacked, `[slices * sum(ranks), hidden]`, float32; `b`, the slices' `B` columns
+    block-diagonal, `[sum(out), slices * sum(ranks)]`; `ranks`, the rows kept per active slot."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    ranks: tuple[int, ...]
+
+
+def _linear_operands(
+    lora_a: Sequence[torch.Tensor], lora_b: Sequence[torch.Tensor], plan: LoRABatchPlan, dtype: torch.dtype
+) -> _LinearOperands | None:
+    """None when no active adapter targets the layer. vLLM pads every adapter to `max_lora_rank`
+    with zero rows of `A`; each slot keeps its rows up to its last non-zero one (in any slice), so
+    a rank-8 adapter costs rank 8 whatever the engine's maximum."""
+
+    def make() -> _LinearOperands | None:
+        a_act = [_active(w, plan, torch.float32) for w in lora_a]  # [k, rank, hidden] each
+        used = torch.stack([w.abs().amax(dim=2) for w in a_act]).amax(dim=0) > 0  # [k, rank]
+        rows = torch.arange(1, used.shape[1] + 1)
+        ranks = tuple(int((used[s] * rows).max()) for s in range(used.shape[0]))
+        if not any(ranks):
+            return None
+        a = torch.cat([w[s, :r] for w in a_act for s, r in enumerate(ranks) if r])
+        b_act = [_active(w, plan, dtype) for w in lora_b]  # [k, out, rank] each
+        blocks = [torch.cat([w[s, :, :r] for s, r in enumerate(ranks) if r], dim=1) for w in b_act]
+        b = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
+        if not bool(b.any()):
+            return None
+        return _LinearOperands(a, b, ranks)
+
+    return _cached((*lora_a, *lora_b), plan, dtype, "linear", make)
 
 
 def _masked(values: torch.Tensor, plan: LoRABatchPlan) -> torch.Tensor:
@@ -248,6 +315,8 @@ def bgmv_expand(
     common = min(lora_b_weights.shape[-2], output_tensor.shape[1])
     outputs = _expand(inputs, lora_b_weights, plan, output_tensor.dtype)
     if outputs is None:
+        if add_inputs:
+            return
         outputs = inputs.new_zeros(inputs.shape[0], common, dtype=output_tensor.dtype)
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
@@ -281,6 +350,46 @@ def bgmv_expand_slice(
         target += outputs
     else:
         target.copy_(outputs)
+
+
+def lora_linear(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a_stacked: Sequence[torch.Tensor],
+    lora_b_stacked: Sequence[torch.Tensor],
+    scale: float,
+    output_slices: Sequence[int],
+    *,
+    plan: LoRABatchPlan,
+    offset: int = 0,
+) -> None:
+    """`y[:, slice i] += scale * (x @ A_i^T) @ B_i^T`, each token with its own slot's `A_i`, `B_i`,
+    for every slice of a projection (one for `o_proj`; q, k and v for a merged `qkv_proj`), the
+    slices laid out from `offset` on in `output_slices` order.
+
+    vLLM's `add_lora_linear` (a float32 shrink buffer per slice, then an expand per slice from it
+    rounded to `y`'s dtype), in one shrink GEMM against every slice's active `A` stacked, one
+    mask that keeps each token's own adapter's block (and the scale), and one expand GEMM
+    against the slices' `B` block-diagonal: two GEMMs per layer instead of two per slice.
+    """
+    x = x.reshape(-1, x.shape[-1])
+    _check_tokens(x, plan)
+    if plan.num_active == 0:
+        return
+    operands = _linear_operands(lora_a_stacked, lora_b_stacked, plan, y.dtype)
+    if operands is None:
+        return
+    if operands.b.shape[0] != sum(output_slices):
+        raise ValueError(f"LoRA ops: adapters of {operands.b.shape[0]} outputs for slices {tuple(output_slices)}")
+    rows = y.view(-1, y.shape[-1])
+    h = x.to(torch.float32) @ operands.a.t()  # [tokens, slices * sum(ranks)]
+    if scale != 1.0:
+        h.mul_(scale)
+    mask = plan.block_mask(operands.ranks)
+    if mask is not None:
+        h.view(-1, len(lora_a_stacked), mask.shape[1]).mul_(mask.unsqueeze(1))
+    out = (_compute(h, y.dtype) @ operands.b.t()).to(y.dtype)
+    rows[:, offset : offset + out.shape[1]] += out
 
 
 def _tokens(lora_indices_tensor: torch.Tensor, seq_len_tensor: torch.Tensor) -> torch.Tensor:

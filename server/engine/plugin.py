@@ -11,7 +11,9 @@ embedding is zero and the subset is embedded by the base layer alone.
 It also installs this project's CPU LoRA ops (server/engine/lora_ops.py) in vLLM's
 `PunicaWrapperCPU`, unless `EXPERT_LORA_OPS=vllm` keeps vLLM's PyTorch-native ones. The
 token-to-adapter plan is made once per batch mapping (`update_metadata`) and shared by every
-LoRA layer of the step.
+LoRA layer of the step; a layer's slices (q, k, v) go through one shrink and one expand
+(`lora_ops.lora_linear`), and the LM head's LoRA through the same ops (vLLM's run for it at
+every step, adapters that do not target the LM head included).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def _install_lora_ops() -> None:
         return
     if getattr(PunicaWrapperCPU, "_expert_gateway_lora_ops", False):
         return
+    import torch
+
     from server.engine import lora_ops
 
     update_metadata = PunicaWrapperCPU.update_metadata
@@ -69,6 +73,7 @@ def _install_lora_ops() -> None:
         update_metadata(self, mapping, lora_index_to_id, *args, **kwargs)
         # which adapter each slot holds: the stacked weights are reused while it stays so
         self._expert_plan = lora_ops.plan_batch(self.token_lora_indices, list(lora_index_to_id))
+        self._expert_sampler_plan = lora_ops.plan_batch(self.sampler_indices, list(lora_index_to_id))
 
     def plan(self):
         found = getattr(self, "_expert_plan", None)
@@ -87,6 +92,22 @@ def _install_lora_ops() -> None:
             x, w_t_all, y, self.token_lora_indices, y_offset, y_slice_size, add_inputs, plan=plan(self)
         )
 
+    def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):
+        # every slice of the layer in one shrink and one expand (vLLM: two ops per slice); no
+        # caller reads `buffer` back
+        lora_ops.lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, plan=plan(self))
+
+    def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer=None, **kwargs):
+        # the LM head's LoRA, on the sampled rows (`sampler_indices`); vLLM runs its torch ops
+        # here even when no adapter targets the LM head
+        found = getattr(self, "_expert_sampler_plan", None)
+        if found is None or found.num_tokens != self.sampler_indices.shape[0]:
+            found = self._expert_sampler_plan = lora_ops.plan_batch(self.sampler_indices)
+        rows, inputs = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
+        shrunk = torch.zeros((inputs.shape[0], lora_b_stacked.size(-1)), dtype=torch.float32, device=x.device)
+        lora_ops.bgmv_shrink(inputs, lora_a_stacked, shrunk, self.sampler_indices, scale, plan=found)
+        lora_ops.bgmv_expand(shrunk, lora_b_stacked, rows, self.sampler_indices, True, plan=found)
+
     # prefill and decode differ only in how vLLM's torch ops receive the token-to-slot map
     # (runs of tokens or one slot per token); both are `token_lora_indices`, planned once
     patches = {
@@ -97,6 +118,8 @@ def _install_lora_ops() -> None:
         "_expand_decode": expand,
         "_expand_slice_prefill": expand_slice,
         "_expand_slice_decode": expand_slice,
+        "add_lora_linear": add_lora_linear,
+        "add_lora_logits": add_lora_logits,
     }
     for name, function in patches.items():
         setattr(PunicaWrapperCPU, name, function)

@@ -86,6 +86,47 @@ def test_shrink_and_expand_slices_equal_vllm_ops(dtype, tokens, mapping):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 7, 64, 200])
+@pytest.mark.parametrize("mapping", MAPPINGS)
+@pytest.mark.parametrize("slices", [QKV, (HIDDEN,)], ids=["qkv", "o"])
+def test_lora_linear_equals_vllm_ops_slice_by_slice(dtype, tokens, mapping, slices):
+    """lora_linear (every slice in one shrink and one expand) against what vLLM's
+    `add_lora_linear` does with its torch ops: per slice, a float32 shrink buffer, then an
+    expand from it into the slice's columns."""
+    indices = token_indices(tokens, MAPPINGS[mapping])
+    x = torch.randn(tokens, HIDDEN).to(dtype)
+    offset0 = 7  # a layer may write from an offset of its output on
+    y0 = torch.randn(tokens, offset0 + sum(slices) + 5).to(dtype)
+    stacked = [weights(dtype, out=size, seed=n) for n, size in enumerate(slices)]
+    expected = y0.clone()
+    offset = offset0
+    for (a, b), size in zip(stacked, slices, strict=True):
+        buffer = torch.zeros(tokens, RANK, dtype=torch.float32)
+        vllm_ops.bgmv_shrink(x, a, buffer, indices, 0.5)
+        vllm_ops.bgmv_expand_slice(buffer, b, expected, indices, offset, size, True)
+        offset += size
+    got = y0.clone()
+    plan = lora_ops.plan_batch(indices)
+    a_all, b_all = tuple(a for a, _ in stacked), tuple(b for _, b in stacked)
+    lora_ops.lora_linear(got, x, a_all, b_all, 0.5, slices, plan=plan, offset=offset0)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected, **tolerance(dtype, expected - y0))
+    assert torch.equal(got[:, :offset0], y0[:, :offset0]) and torch.equal(got[:, offset:], y0[:, offset:])
+    assert torch.equal(got, y0) == bool((indices < 0).all())  # a delta where an adapter is
+
+
+def test_lora_linear_skips_a_layer_no_active_adapter_targets():
+    a, b = weights(torch.float32, used=(0, 1))
+    x = torch.randn(3, HIDDEN)
+    y0 = torch.randn(3, HIDDEN)
+    y = y0.clone()
+    lora_ops.lora_linear(y, x, (a,), (b,), 1.0, (HIDDEN,), plan=lora_ops.plan_batch(torch.tensor([2, 3, -1])))
+    assert torch.equal(y, y0)
+    lora_ops.lora_linear(y, x, (a,), (b,), 1.0, (HIDDEN,), plan=lora_ops.plan_batch(torch.tensor([2, 1, -1])))
+    assert not torch.equal(y[1], y0[1]) and torch.equal(y[[0, 2]], y0[[0, 2]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("add_inputs", [True, False])
 def test_prefill_variants_equal_vllm_ops(dtype, add_inputs):
     """sgmv_*: runs of tokens per slot, as the prefill metadata gives them."""
@@ -196,6 +237,8 @@ PATCHED = (
     "_expand_decode",
     "_expand_slice_prefill",
     "_expand_slice_decode",
+    "add_lora_linear",
+    "add_lora_logits",
 )
 
 
@@ -238,6 +281,22 @@ def _linear_through_wrapper(wrapper_cls, *, prefill: bool, dtype) -> torch.Tenso
     return y
 
 
+def _logits_through_wrapper(wrapper_cls, *, dtype, lm_head_slots=(0,)) -> torch.Tensor:
+    """add_lora_logits for three sampled rows (slots 0, none, 2); LM-head weights in `lm_head_slots`."""
+    from vllm.lora.layers import LoRAMapping
+
+    lora_ids = [11, 0, 13]
+    mapping = LoRAMapping(tuple(lora_ids), tuple(lora_ids), is_prefill=False)
+    wrapper = wrapper_cls(64, 8, "cpu")
+    wrapper.update_metadata(mapping, [11, None, 13, None], SLOTS, 49152)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, HIDDEN, generator=g).to(dtype)
+    y = torch.randn(3, 1000, generator=g).to(dtype)
+    a, b = weights(dtype, out=1024, used=lm_head_slots)  # the LM head's rows may be padded past the logits
+    wrapper.add_lora_logits(y, x, a, b, 1.0)
+    return y
+
+
 # importing vLLM's LoRA layers imports torch.utils.mkldnn, which torch itself deprecates
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("prefill", [True, False])
@@ -254,6 +313,20 @@ def test_plugin_installs_the_ops_in_vllms_cpu_wrapper(punica_cpu, monkeypatch, p
     assert punica_cpu._expert_gateway_lora_ops
     assert all(getattr(punica_cpu, name).__module__ == "server.engine.plugin" for name in PATCHED)
     got = _linear_through_wrapper(punica_cpu, prefill=prefill, dtype=dtype)
+    torch.testing.assert_close(got, expected, **tolerance(dtype, expected))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("lm_head_slots", [(0, 2), ()], ids=["lm-head-adapters", "none-targets-lm-head"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plugin_lm_head_lora_equals_vllms(punica_cpu, monkeypatch, dtype, lm_head_slots):
+    from server.engine import plugin
+
+    monkeypatch.setenv(plugin.LORA_OPS_ENV, "vllm")
+    expected = _logits_through_wrapper(punica_cpu, dtype=dtype, lm_head_slots=lm_head_slots)
+    monkeypatch.setenv(plugin.LORA_OPS_ENV, "project")
+    plugin._install_lora_ops()
+    got = _logits_through_wrapper(punica_cpu, dtype=dtype, lm_head_slots=lm_head_slots)
     torch.testing.assert_close(got, expected, **tolerance(dtype, expected))
 
 

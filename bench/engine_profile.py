@@ -1,0 +1,301 @@
+"""Where the engine's time goes: `python -m bench.engine_profile`.
+
+Starts one gateway with the benchmark's experts (bench/experts.py) and drives it with 8 clients in
+three workloads, alternating: the base model, one LoRA expert, and the 5 experts mixed (as
+bench/lora.py's `experts_mixed`). During each measurement window py-spy samples the engine-core
+process (the scheduler, the model runner and the model all run in its main thread on a CPU); every
+sample is put in one bucket by the innermost frame that names a part of the engine (the LoRA ops,
+the LoRA mapping, attention, the base model's GEMMs, ...). Time torch spends in C++ is charged to
+the Python frame that called it. Each bucket is reported as engine milliseconds per generated
+token, so workloads of different throughput compare directly: the difference between the mixed and
+the base column is where the mixed run's extra time goes. Writes bench/profile.json and
+bench/profile.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import experts as ex
+from .load import LoadResult, pct, run_load
+from .machine import descendants, machine_facts
+from .measure import SERVERS, wait_idle
+from .plan import Plan
+from .servers import BASE_ID, EngineConfig, Server, gateway, start_all
+
+BENCH = Path(__file__).resolve().parent
+RATE_HZ = 100
+
+# (bucket, substrings of a py-spy frame "function (file:line)"): a sample goes to the bucket of the
+# innermost frame that matches any bucket; the order only breaks ties within one frame.
+BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("LoRA ops (project)", ("server/engine/lora_ops.py",)),
+    ("LoRA ops (vLLM)", ("vllm/lora/ops/",)),
+    ("LoRA mapping (per step)", ("vllm/lora/punica_wrapper/",)),
+    ("LoRA adapter management", ("vllm/lora/worker_manager.py", "vllm/lora/model_manager.py", "vllm/lora/models.py")),
+    ("LoRA layer wrappers", ("vllm/lora/layers/",)),
+    ("attention", ("vllm/v1/attention/", "vllm/attention/", "cpu_attn")),
+    ("base linear GEMMs", ("vllm/model_executor/layers/linear.py",)),
+    ("logits (lm head)", ("vllm/model_executor/layers/logits_processor.py",)),
+    ("embedding", ("vllm/model_executor/layers/vocab_parallel_embedding.py",)),
+    (
+        "norms, rotary, activation",
+        (
+            "vllm/model_executor/layers/layernorm.py",
+            "vllm/model_executor/layers/rotary_embedding",
+            "vllm/model_executor/layers/activation.py",
+        ),
+    ),
+    ("model (other)", ("vllm/model_executor/models/",)),
+    ("sampling", ("vllm/v1/sample/",)),
+    ("structured output", ("vllm/v1/structured_output/",)),
+    ("model runner (inputs, outputs)", ("vllm/v1/worker/",)),
+    ("scheduler, KV cache manager", ("vllm/v1/core/",)),
+    ("engine core loop", ("vllm/v1/engine/", "vllm/v1/executor/", "vllm/executor/")),
+]
+OTHER = "other"
+
+
+def bucket_of(frames: list[str]) -> str:
+    """The bucket of the innermost frame (last in py-spy's order) that matches one."""
+    for frame in reversed(frames):
+        for name, needles in BUCKETS:
+            if any(n in frame for n in needles):
+                return name
+    return OTHER
+
+
+def engine_core_pid(server: Server) -> int:
+    """The gateway's engine-core process: the descendant that has used the most CPU."""
+    assert server.proc is not None
+    best, best_cpu = None, -1.0
+    for pid in descendants(server.proc.pid) - {server.proc.pid}:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = int(fields[11]) + int(fields[12])
+        if cpu > best_cpu:
+            best, best_cpu = pid, cpu
+    if best is None:
+        raise RuntimeError("the gateway has no engine-core process")
+    return best
+
+
+def summarise(raw: Path) -> dict[str, Any]:
+    """Active samples of the engine core's main thread (py-spy leaves idle stacks out), per bucket."""
+    counts: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit() or not stack:
+            continue
+        frames = stack.split(";")
+        threads[frames[0]] = threads.get(frames[0], 0) + int(count)
+        if not any("worker_busy_loop" in f or "run_busy_loop" in f for f in frames):
+            continue  # the I/O threads (sockets, serialisation) are not the step
+        b = bucket_of(frames)
+        counts[b] = counts.get(b, 0) + int(count)
+    return {"buckets": counts, "samples_by_thread": threads}
+
+
+async def _profiled_load(server: Server, pid: int, plan: Plan, window_s: float, pick, raw: Path) -> LoadResult:
+    async def spy() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--nonblocking",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(window_s)),
+            "-r",
+            str(RATE_HZ),
+            "--format",
+            "raw",
+            "-o",
+            str(raw),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0 or not raw.exists():
+            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[:500]}")
+
+    return await run_load(
+        server.url,
+        clients=8,
+        warmup_s=plan.warmup_s + 7 * plan.stagger_s,
+        window_s=window_s,
+        max_tokens=plan.max_tokens,
+        pick=pick,
+        model=BASE_ID,
+        stagger_s=plan.stagger_s,
+        on_window=spy,
+    )
+
+
+def workloads() -> dict[str, Any]:
+    lora = ex.LORA_EXPERTS[0]
+    mixed = [*ex.LORA_EXPERTS, ex.SOFT_PROMPT_EXPERT]
+    return {
+        "base": None,
+        "lora": lambda c, k: (lora, None),
+        "mixed": lambda c, k: (mixed[(c + k) % len(mixed)], None),
+    }
+
+
+def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path) -> dict[str, Any]:
+    pid = engine_core_pid(server)
+    per: dict[str, dict[str, Any]] = {}
+    for rep in range(reps):
+        order = list(workloads().items())
+        if rep % 2:
+            order.reverse()
+        for name, pick in order:
+            raw = out_dir / f"profile-engine-{name}-{rep}.txt"
+            print(f"  {name} (rep {rep + 1}/{reps}) ...", flush=True)
+            r = asyncio.run(_profiled_load(server, pid, plan, window_s, pick, raw))
+            wait_idle(server)
+            s = summarise(raw)
+            acc = per.setdefault(name, {"tokens": 0.0, "window_s": 0.0, "itl": [], "buckets": {}, "failures": 0})
+            acc["tokens"] += r.tokens
+            acc["window_s"] += r.window_s
+            acc["itl"] += r.itl
+            acc["failures"] += len(r.failures)
+            for b, n in s["buckets"].items():
+                acc["buckets"][b] = acc["buckets"].get(b, 0) + n
+    out: dict[str, Any] = {}
+    for name, acc in per.items():
+        busy = sum(acc["buckets"].values()) / RATE_HZ  # engine main-thread seconds, sampled
+        tokens = acc["tokens"] or 1.0
+        out[name] = {
+            "tokens_per_s": round(acc["tokens"] / acc["window_s"], 2),
+            "itl_p50_ms": round((pct(acc["itl"], 50) or 0) * 1000, 1),
+            "engine_busy_share": round(busy / acc["window_s"], 3),
+            "engine_ms_per_token": round(busy * 1000 / tokens, 2),
+            "ms_per_token": {
+                b: round(n / RATE_HZ * 1000 / tokens, 2)
+                for b, n in sorted(acc["buckets"].items(), key=lambda kv: -kv[1])
+            },
+            "failures": acc["failures"],
+        }
+    return out
+
+
+def write_markdown(res: dict[str, Any], path: Path) -> None:
+    w = res["workloads"]
+    names = [n for n in ("base", "lora", "mixed") if n in w]
+    buckets = sorted(
+        {b for n in names for b in w[n]["ms_per_token"]},
+        key=lambda b: -max(w[n]["ms_per_token"].get(b, 0) for n in names),
+    )
+    lines = [
+        "# Engine profile: where a generated token's time goes",
+        "",
+        f"`{res['command']}` — {res['date']}, {res['machine'].get('cpu_model', '?')}, "
+        f"{res['machine'].get('cores', '?')} cores, dtype {res['dtype']}, LoRA ops {res['lora_ops']}, "
+        f"8 clients, {res['reps']} x {res['window_s']:.0f} s per workload, py-spy at {RATE_HZ} Hz on the engine core.",
+        "",
+        "Engine main-thread milliseconds per generated token, by the innermost part of the engine on the stack.",
+        "",
+        "| part | " + " | ".join(names) + (" | mixed − base |" if "mixed" in w and "base" in w else ""),
+        "|---|" + "---:|" * len(names) + ("---:|" if "mixed" in w and "base" in w else ""),
+    ]
+    for b in buckets:
+        cells = [f"{w[n]['ms_per_token'].get(b, 0):.2f}" for n in names]
+        diff = ""
+        if "mixed" in w and "base" in w:
+            diff = f" {w['mixed']['ms_per_token'].get(b, 0) - w['base']['ms_per_token'].get(b, 0):+.2f} |"
+        lines.append(f"| {b} | " + " | ".join(cells) + " |" + diff)
+    total = [f"**{w[n]['engine_ms_per_token']:.2f}**" for n in names]
+    diff = ""
+    if "mixed" in w and "base" in w:
+        diff = f" **{w['mixed']['engine_ms_per_token'] - w['base']['engine_ms_per_token']:+.2f}** |"
+    lines.append("| **engine, all parts** | " + " | ".join(total) + " |" + diff)
+    lines += [
+        "",
+        "| workload | tokens/s | ITL p50 ms | engine busy |",
+        "|---|---:|---:|---:|",
+    ]
+    for n in names:
+        lines.append(
+            f"| {n} | {w[n]['tokens_per_s']} | {w[n]['itl_p50_ms']} | {w[n]['engine_busy_share'] * 100:.0f}% |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m bench.engine_profile", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=2, help="rounds of the three workloads (default 2)")
+    ap.add_argument("--window", type=float, default=20.0, help="seconds sampled per workload and round (default 20)")
+    ap.add_argument(
+        "--lora-ops", choices=("project", "vllm"), default="project", help="EXPERT_LORA_OPS (default project)"
+    )
+    ap.add_argument("--out", type=Path, default=BENCH, help="folder for profile.json / profile.md (default bench/)")
+    ap.add_argument("--keep-work", action="store_true", help="keep the scratch folder (py-spy's raw stacks, logs)")
+    args = ap.parse_args(argv)
+    if not (Path(sys.executable).parent / "py-spy").exists():
+        print(
+            "bench.engine_profile: py-spy is not installed (scripts/bootstrap.sh installs the dev extras)",
+            file=sys.stderr,
+        )
+        return 2
+    plan = Plan.make(quick=False, profile=True)
+    cfg = EngineConfig()
+    work = Path(tempfile.mkdtemp(prefix="expert-profile-"))
+    server: Server | None = None
+    res: dict[str, Any] = {
+        "command": " ".join([".venv/bin/python", "-m", "bench.engine_profile", *argv]),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_facts(),
+        "dtype": cfg.dtype,
+        "lora_ops": args.lora_ops,
+        "reps": args.reps,
+        "window_s": args.window,
+        "buckets": [b for b, _ in BUCKETS] + [OTHER],
+    }
+    t0 = time.perf_counter()
+    try:
+        from server.manifest.embedded import prepare
+
+        model = prepare()
+        es = ex.build(work, model)
+        server = gateway("gateway", es.root, work / "logs", cfg, lora_ops=args.lora_ops)
+        SERVERS[:] = [server]
+        print("bench.engine_profile: starting the gateway ...", flush=True)
+        start_all([server])
+        for pick in workloads().values():  # warm every workload once (adapters loaded, first steps)
+            asyncio.run(
+                run_load(server.url, clients=8, warmup_s=0, window_s=4, max_tokens=16, pick=pick, model=BASE_ID)
+            )
+            wait_idle(server)
+        args.out.mkdir(parents=True, exist_ok=True)
+        res["workloads"] = run(plan, server, args.reps, args.window, work)
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep_work:
+            print(f"bench.engine_profile: scratch folder kept: {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    res["duration_s"] = round(time.perf_counter() - t0, 1)
+    (args.out / "profile.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_markdown(res, args.out / "profile.md")
+    print((args.out / "profile.md").read_text(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
