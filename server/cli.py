@@ -89,7 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from server.commands.evaluate import run_eval
 
-    return run_eval(Path(args.expert_dir), as_json=args.json, limit=args.limit)
+    only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    return run_eval(Path(args.expert_dir), as_json=args.json, limit=args.limit, only=only)
 
 
 def cmd_package(args: argparse.Namespace) -> int:
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("expert_dir")
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, help="at most this many test cases")
+    p.add_argument(
+        "--variants", help="comma-separated variants to run (default: every variant the expert's files allow)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("package", help="write an expert folder as a .expert package (+ .sha256 sidecar)")

@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -113,6 +113,18 @@ def variants(*, adapter: bool, soft_prompt: bool, grammar: bool) -> list[Variant
     return rows
 
 
+def select(rows: list[Variant], names: Sequence[str] | None) -> list[Variant]:
+    """`rows` restricted to `names` (all when None), in the report's order; a name that is not
+    one of `rows` is an error that lists them."""
+    if not names:
+        return rows
+    known = [r.name for r in rows]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(map(repr, unknown))}; this expert has: {', '.join(known)}")
+    return [r for r in rows if r.name in names]
+
+
 def request_body(variant: Variant, expert: str, messages: list[dict[str, str]]) -> dict[str, Any]:
     body: dict[str, Any] = {"model": expert if variant.expert else expert + BASE_SUFFIX, "messages": messages}
     if variant.expert and not variant.soft_prompt:
@@ -182,7 +194,9 @@ def summarise(outcomes: dict[str, list[tuple[bool, bool]]]) -> tuple[dict[str, A
     return table, comparisons
 
 
-async def evaluate(expert_dir: Path, limit: int | None = None, concurrency: int = 16) -> dict[str, Any]:
+async def evaluate(
+    expert_dir: Path, limit: int | None = None, concurrency: int = 16, only: Sequence[str] | None = None
+) -> dict[str, Any]:
     import httpx
     from asgi_lifespan import LifespanManager
 
@@ -193,12 +207,15 @@ async def evaluate(expert_dir: Path, limit: int | None = None, concurrency: int 
     expert_dir = expert_dir.resolve()
     manifest = load_manifest(expert_dir)
     cases = load_cases(expert_dir, manifest)[: limit or None]
-    metric, scorer, close = make_scorer(expert_dir, manifest)
-    rows = variants(
-        adapter=bool(manifest.bases()[0][1]),
-        soft_prompt=bool(manifest.soft_prompts),
-        grammar=bool(manifest.decoding.use_grammar),
+    rows = select(
+        variants(
+            adapter=bool(manifest.bases()[0][1]),
+            soft_prompt=bool(manifest.soft_prompts),
+            grammar=bool(manifest.decoding.use_grammar),
+        ),
+        only,
     )
+    metric, scorer, close = make_scorer(expert_dir, manifest)
     outcomes: dict[str, list[tuple[bool, bool]]] = {}
     examples: dict[str, list[dict[str, str]]] = {}
     try:
@@ -283,9 +300,11 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(expert_dir: Path, *, as_json: bool = False, limit: int | None = None) -> int:
+def run_eval(
+    expert_dir: Path, *, as_json: bool = False, limit: int | None = None, only: Sequence[str] | None = None
+) -> int:
     try:
-        report = asyncio.run(evaluate(expert_dir, limit))
+        report = asyncio.run(evaluate(expert_dir, limit, only=only))
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
