@@ -2,10 +2,11 @@
 
 Starts one gateway with the benchmark's experts (bench/experts.py) and drives it with 8 clients in
 three workloads, alternating: the base model, one LoRA expert, and the 5 experts mixed (as
-bench/lora.py's `experts_mixed`). During each measurement window py-spy samples the engine-core
-process (the scheduler, the model runner and the model all run in its main thread on a CPU); every
-sample is put in one bucket by the innermost frame that names a part of the engine (the LoRA ops,
-the LoRA mapping, attention, the base model's GEMMs, ...). Time torch spends in C++ is charged to
+bench/lora.py's `experts_mixed`). During each measurement window py-spy samples the engine's
+model-running process (vLLM's worker: the model runner and the model run in its main thread; the
+scheduler runs in the engine-core process beside it and is not sampled); every sample is put in
+one bucket by the innermost frame that names a part of the engine (the LoRA ops, the LoRA
+mapping, attention, the base model's GEMMs, ...). Time torch spends in C++ is charged to
 the Python frame that called it. Each bucket is reported as engine milliseconds per generated
 token, so workloads of different throughput compare directly: the difference between the mixed and
 the base column is where the mixed run's extra time goes. Writes bench/profile.json and
@@ -59,8 +60,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("sampling", ("vllm/v1/sample/",)),
     ("structured output", ("vllm/v1/structured_output/",)),
     ("model runner (inputs, outputs)", ("vllm/v1/worker/",)),
-    ("scheduler, KV cache manager", ("vllm/v1/core/",)),
-    ("engine core loop", ("vllm/v1/engine/", "vllm/v1/executor/", "vllm/executor/")),
+    ("worker loop (receiving steps)", ("vllm/v1/executor/", "vllm/executor/", "vllm/v1/engine/")),
 ]
 OTHER = "other"
 
@@ -74,8 +74,8 @@ def bucket_of(frames: list[str]) -> str:
     return OTHER
 
 
-def engine_core_pid(server: Server) -> int:
-    """The gateway's engine-core process: the descendant that has used the most CPU."""
+def model_process_pid(server: Server) -> int:
+    """The gateway's model-running process (vLLM's worker): the descendant that has used the most CPU."""
     assert server.proc is not None
     best, best_cpu = None, -1.0
     for pid in descendants(server.proc.pid) - {server.proc.pid}:
@@ -88,12 +88,12 @@ def engine_core_pid(server: Server) -> int:
         if cpu > best_cpu:
             best, best_cpu = pid, cpu
     if best is None:
-        raise RuntimeError("the gateway has no engine-core process")
+        raise RuntimeError("the gateway has no engine process")
     return best
 
 
 def summarise(raw: Path) -> dict[str, Any]:
-    """Active samples of the engine core's main thread (py-spy leaves idle stacks out), per bucket."""
+    """Active samples of the worker's main thread (py-spy leaves idle stacks out), per bucket."""
     counts: dict[str, int] = {}
     threads: dict[str, int] = {}
     for line in raw.read_text().splitlines():
@@ -156,7 +156,7 @@ def workloads() -> dict[str, Any]:
 
 
 def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path) -> dict[str, Any]:
-    pid = engine_core_pid(server)
+    pid = model_process_pid(server)
     per: dict[str, dict[str, Any]] = {}
     for rep in range(reps):
         order = list(workloads().items())
@@ -177,7 +177,7 @@ def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path) -
                 acc["buckets"][b] = acc["buckets"].get(b, 0) + n
     out: dict[str, Any] = {}
     for name, acc in per.items():
-        busy = sum(acc["buckets"].values()) / RATE_HZ  # engine main-thread seconds, sampled
+        busy = sum(acc["buckets"].values()) / RATE_HZ  # the worker's main-thread seconds, sampled
         tokens = acc["tokens"] or 1.0
         out[name] = {
             "tokens_per_s": round(acc["tokens"] / acc["window_s"], 2),
@@ -205,9 +205,10 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         "",
         f"`{res['command']}` — {res['date']}, {res['machine'].get('cpu_model', '?')}, "
         f"{res['machine'].get('cores', '?')} cores, dtype {res['dtype']}, LoRA ops {res['lora_ops']}, "
-        f"8 clients, {res['reps']} x {res['window_s']:.0f} s per workload, py-spy at {RATE_HZ} Hz on the engine core.",
-        "",
-        "Engine main-thread milliseconds per generated token, by the innermost part of the engine on the stack.",
+        f"8 clients, {res['reps']} x {res['window_s']:.0f} s per workload, py-spy at {RATE_HZ} Hz on the engine's model-running process.",
+        *(["", f"Note: {res['note']}.", ""] if res.get("note") else [""]),
+        "Milliseconds of the model-running thread per generated token, by the innermost part of the engine "
+        "on the stack (time in torch's C++ code is charged to the Python frame that called it).",
         "",
         "| part | " + " | ".join(names) + (" | mixed − base |" if "mixed" in w and "base" in w else ""),
         "|---|" + "---:|" * len(names) + ("---:|" if "mixed" in w and "base" in w else ""),
