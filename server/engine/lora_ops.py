@@ -50,8 +50,9 @@ native bfloat16 matrix units run it many times faster that way.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -79,6 +80,7 @@ class LoRABatchPlan:
         without adapter, which `has_lora` masks).
     has_lora: per token, whether it has an adapter (`[tokens, 1]`, bool), or None when all do.
     adapters: what the active slots hold (e.g. their adapter ids), when the plan's maker knows.
+    masks: the block masks made from the plan so far, by column layout (see `block_mask`).
     """
 
     slots: torch.Tensor
@@ -161,7 +163,9 @@ _Entry = tuple[weakref.ref, tuple[object, tuple[int, ...]], object]
 _prepared: dict[tuple[int, str, torch.dtype, int], _Entry] = {}
 
 
-def _cached(weights: Sequence[torch.Tensor], plan: LoRABatchPlan, dtype: torch.dtype, kind: str, make):
+def _cached(
+    weights: Sequence[torch.Tensor], plan: LoRABatchPlan, dtype: torch.dtype, kind: str, make: Callable[[], Any]
+) -> Any:
     """`make()` (what `kind` prepares from `weights` for the plan's active slots), kept while the
     same slots are active and hold the same adapters (see the module docstring)."""
     first = weights[0]
