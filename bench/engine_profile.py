@@ -31,7 +31,7 @@ from .load import LoadResult, pct, run_load
 from .machine import descendants, machine_facts
 from .measure import SERVERS, wait_idle
 from .plan import Plan
-from .servers import BASE_ID, EngineConfig, Server, gateway, start_all
+from .servers import BASE_ID, EngineConfig, Server, _scan_proc, gateway, start_all
 
 BENCH = Path(__file__).resolve().parent
 RATE_HZ = 100
@@ -77,16 +77,9 @@ def bucket_of(frames: list[str]) -> str:
 def model_process_pid(server: Server) -> int:
     """The gateway's model-running process (vLLM's worker): the descendant that has used the most CPU."""
     assert server.proc is not None
-    best, best_cpu = None, -1.0
-    for pid in descendants(server.proc.pid) - {server.proc.pid}:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu = int(fields[11]) + int(fields[12])
-        if cpu > best_cpu:
-            best, best_cpu = pid, cpu
+    cpu = _scan_proc()
+    found = [(cpu[pid][1], pid) for pid in descendants(server.proc.pid) - {server.proc.pid} if pid in cpu]
+    best = max(found)[1] if found else None
     if best is None:
         raise RuntimeError("the gateway has no engine process")
     return best

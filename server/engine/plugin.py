@@ -75,10 +75,12 @@ def _install_lora_ops() -> None:
         self._expert_plan = lora_ops.plan_batch(self.token_lora_indices, list(lora_index_to_id))
         self._expert_sampler_plan = lora_ops.plan_batch(self.sampler_indices, list(lora_index_to_id))
 
-    def plan(self):
-        found = getattr(self, "_expert_plan", None)
-        if found is None or found.num_tokens != self.token_lora_indices.shape[0]:
-            found = self._expert_plan = lora_ops.plan_batch(self.token_lora_indices)
+    def plan(self, kind="_expert_plan", indices_of=lambda w: w.token_lora_indices):
+        """The plan made at `update_metadata` (`kind`), or a new one if the rows changed since."""
+        found, indices = getattr(self, kind, None), indices_of(self)
+        if found is None or found.num_tokens != indices.shape[0]:
+            found = lora_ops.plan_batch(indices)
+            setattr(self, kind, found)
         return found
 
     def shrink(self, y, x, w_t_all, scale):
@@ -100,9 +102,7 @@ def _install_lora_ops() -> None:
     def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer=None, **kwargs):
         # the LM head's LoRA, on the sampled rows (`sampler_indices`); vLLM runs its torch ops
         # here even when no adapter targets the LM head
-        found = getattr(self, "_expert_sampler_plan", None)
-        if found is None or found.num_tokens != self.sampler_indices.shape[0]:
-            found = self._expert_sampler_plan = lora_ops.plan_batch(self.sampler_indices)
+        found = plan(self, "_expert_sampler_plan", lambda w: w.sampler_indices)
         rows, inputs = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
         shrunk = torch.zeros((inputs.shape[0], lora_b_stacked.size(-1)), dtype=torch.float32, device=x.device)
         lora_ops.bgmv_shrink(inputs, lora_a_stacked, shrunk, self.sampler_indices, scale, plan=found)
