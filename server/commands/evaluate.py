@@ -218,6 +218,7 @@ async def evaluate(
     metric, scorer, close = make_scorer(expert_dir, manifest)
     outcomes: dict[str, list[tuple[bool, bool]]] = {}
     examples: dict[str, list[dict[str, str]]] = {}
+    failures: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copytree(expert_dir, Path(tmp) / manifest.name, symlinks=True)
@@ -260,6 +261,13 @@ async def evaluate(
                         examples[variant.name] = [
                             {"output": o, "target": t} for o, (_, t) in zip(outputs[:3], cases[:3], strict=True)
                         ]
+                        failures.extend(
+                            {"variant": variant.name, "case": n, "input": m[-1]["content"], "output": o, "target": t}
+                            for n, (o, (m, t), (_, ok)) in enumerate(
+                                zip(outputs, cases, outcomes[variant.name], strict=True), start=1
+                            )
+                            if not ok
+                        )
     finally:
         close()
     table, comparisons = summarise(outcomes)
@@ -272,6 +280,7 @@ async def evaluate(
         "metric": metric,
         "variants": table,
         "comparisons": comparisons,
+        "failures": failures,
     }
 
 
@@ -300,14 +309,34 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_failures(path: Path, failures: list[dict[str, Any]]) -> None:
+    """One JSON line per case a variant got wrong: variant, case number (1-based), last user message,
+    the output and the target."""
+    with path.open("w") as fh:
+        for row in failures:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def run_eval(
-    expert_dir: Path, *, as_json: bool = False, limit: int | None = None, only: Sequence[str] | None = None
+    expert_dir: Path,
+    *,
+    as_json: bool = False,
+    limit: int | None = None,
+    only: Sequence[str] | None = None,
+    failures: Path | None = None,
 ) -> int:
+    if failures is not None and not failures.parent.is_dir():
+        print(f"error: --failures: no folder {str(failures.parent)!r}", file=sys.stderr)
+        return 1
     try:
         report = asyncio.run(evaluate(expert_dir, limit, only=only))
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    wrong = report.pop("failures")
+    if failures is not None:
+        write_failures(failures, wrong)
+        print(f"eval: {len(wrong)} failing case(s) written to {failures}", file=sys.stderr)
     if as_json:
         for r in report["variants"].values():
             r.pop("examples", None)

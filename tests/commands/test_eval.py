@@ -15,10 +15,13 @@ REPO = Path(__file__).resolve().parents[2]
 EXPERT = Path(sys.executable).parent / "expert"
 
 
-def eval_json(expert: Path, limit: int = 6) -> dict:
-    """`expert eval EXPERT --json --limit N`, which must succeed; its report."""
+def eval_json(expert: Path, limit: int = 6, *extra: str) -> dict:
+    """`expert eval EXPERT --json --limit N [extra]`, which must succeed; its report."""
     out = subprocess.run(
-        [str(EXPERT), "eval", str(expert), "--json", "--limit", str(limit)], capture_output=True, text=True, timeout=900
+        [str(EXPERT), "eval", str(expert), "--json", "--limit", str(limit), *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
@@ -71,9 +74,17 @@ def test_eval_scores_sql_by_execution_and_never_writes_the_database(tmp_path):
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
 
 
-def test_eval_of_a_soft_prompt_only_expert():
-    report = eval_json(REPO / "experts" / "contact-extract-prompt")
+def test_eval_of_a_soft_prompt_only_expert(tmp_path):
+    failures = tmp_path / "failures.jsonl"
+    report = eval_json(REPO / "experts" / "contact-extract-prompt", 6, "--failures", str(failures))
     variants = report["variants"]
+    # --failures: one line per case a variant got wrong, with what it answered and the target
+    wrong = [json.loads(line) for line in failures.read_text().splitlines()]
+    for name, r in variants.items():
+        mine = [w for w in wrong if w["variant"] == name]
+        assert len(mine) == r["n"] - r["correct"], name
+        assert all(1 <= w["case"] <= 6 and w["output"] != w["target"] and w["input"] for w in mine)
+    assert "failures" not in report
     assert list(variants) == ["base", "base+grammar", "soft_prompt", "soft_prompt+grammar"]
     assert variants["soft_prompt+grammar"]["valid"] == 6  # the grammar admits only the task's JSON
     assert variants["soft_prompt"]["correct"] > variants["base"]["correct"]
