@@ -16,8 +16,8 @@ per token. Here, for a batch whose tokens use `k` distinct adapters (slots):
 
 With one adapter (the common case) both are a plain GEMM. `lora_linear` does a whole layer
 (vLLM's `add_lora_linear`) at once: every slice's `A` (q, k and v of a merged projection) in
-the shrink GEMM, a mask that keeps each token's own adapter's columns, and the slices' `B`
-block-diagonal in the expand GEMM, each adapter cut to its own rank (vLLM pads every adapter
+the shrink GEMM, a mask that keeps each token's own adapter's columns, and per slice an expand
+GEMM that adds into the output in place, each adapter cut to its own rank (vLLM pads every adapter
 to `max_lora_rank` with zeros). The extra work is `k` times the
 rank-sized products, small next to gathering `tokens` copies of the weights. vLLM wraps every
 supported linear layer and keeps zeros in the slots of adapters that do not target it (an
@@ -202,12 +202,12 @@ def _stacked(weights: torch.Tensor, plan: LoRABatchPlan, dtype: torch.dtype, kin
 
 @dataclass(frozen=True)
 class _LinearOperands:
-    """A layer's active adapters as two GEMM operands (see `lora_linear`): `a`, every slice's
-    `A` rows stacked, `[slices * sum(ranks), hidden]`, float32; `b`, the slices' `B` columns
-    block-diagonal, `[sum(out), slices * sum(ranks)]`; `ranks`, the rows kept per active slot."""
+    """A layer's active adapters as GEMM operands (see `lora_linear`): `a`, every slice's `A`
+    rows stacked, `[slices * sum(ranks), hidden]`, float32; `b`, per slice its active slots' `B`
+    side by side, `[out_i, sum(ranks)]`; `ranks`, the rows kept per active slot."""
 
     a: torch.Tensor
-    b: torch.Tensor
+    b: tuple[torch.Tensor, ...]
     ranks: tuple[int, ...]
 
 
@@ -227,9 +227,8 @@ def _linear_operands(
             return None
         a = torch.cat([w[s, :r] for w in a_act for s, r in enumerate(ranks) if r])
         b_act = [_active(w, plan, dtype) for w in lora_b]  # [k, out, rank] each
-        blocks = [torch.cat([w[s, :, :r] for s, r in enumerate(ranks) if r], dim=1) for w in b_act]
-        b = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
-        if not bool(b.any()):
+        b = tuple(torch.cat([w[s, :, :r] for s, r in enumerate(ranks) if r], dim=1) for w in b_act)
+        if not any(bool(w.any()) for w in b):
             return None
         return _LinearOperands(a, b, ranks)
 
@@ -373,8 +372,8 @@ def lora_linear(
 
     vLLM's `add_lora_linear` (a float32 shrink buffer per slice, then an expand per slice from it
     rounded to `y`'s dtype), in one shrink GEMM against every slice's active `A` stacked, one
-    mask that keeps each token's own adapter's block (and the scale), and one expand GEMM
-    against the slices' `B` block-diagonal: two GEMMs per layer instead of two per slice.
+    mask that keeps each token's own adapter's block (and the scale), and per slice one expand
+    GEMM that adds into `y` in place (float32; half precision rounds the product first, as vLLM's).
     """
     x = x.reshape(-1, x.shape[-1])
     _check_tokens(x, plan)
@@ -383,17 +382,26 @@ def lora_linear(
     operands = _linear_operands(lora_a_stacked, lora_b_stacked, plan, y.dtype)
     if operands is None:
         return
-    if operands.b.shape[0] != sum(output_slices):
-        raise ValueError(f"LoRA ops: adapters of {operands.b.shape[0]} outputs for slices {tuple(output_slices)}")
+    if tuple(b.shape[0] for b in operands.b) != tuple(output_slices):
+        outs = tuple(b.shape[0] for b in operands.b)
+        raise ValueError(f"LoRA ops: adapters of {outs} outputs for slices {tuple(output_slices)}")
     rows = y.view(-1, y.shape[-1])
     h = x.to(torch.float32) @ operands.a.t()  # [tokens, slices * sum(ranks)]
     if scale != 1.0:
         h.mul_(scale)
+    width = sum(operands.ranks)
     mask = plan.block_mask(operands.ranks)
     if mask is not None:
-        h.view(-1, len(lora_a_stacked), mask.shape[1]).mul_(mask.unsqueeze(1))
-    out = (_compute(h, y.dtype) @ operands.b.t()).to(y.dtype)
-    rows[:, offset : offset + out.shape[1]] += out
+        h.view(-1, len(operands.b), width).mul_(mask.unsqueeze(1))
+    start = offset
+    for i, b in enumerate(operands.b):
+        target = rows[:, start : start + b.shape[0]]
+        start += b.shape[0]
+        hi = h[:, i * width : (i + 1) * width]
+        if y.dtype == torch.float32:
+            target.addmm_(hi, b.t())
+        else:
+            target += (_compute(hi, y.dtype) @ b.t()).to(y.dtype)
 
 
 def _tokens(lora_indices_tensor: torch.Tensor, seq_len_tensor: torch.Tensor) -> torch.Tensor:
