@@ -2,7 +2,8 @@
 the project's (server/engine/lora_ops.py; the setting EXPERT_LORA_OPS switches): one LoRA expert
 vs the base model, and 5 experts mixed (4 LoRA + 1 soft-prompt expert) vs the base model, 8
 clients each. Each comparison runs both sides alternating on one gateway; the two gateways
-differ only in EXPERT_LORA_OPS."""
+differ only in EXPERT_LORA_OPS. The windows (`Plan.window_s_lora`) outlast a request, so the
+throughput counts prefills as well as decode steps; the ITL ratio is the decode steps' alone."""
 
 from __future__ import annotations
 
@@ -33,15 +34,16 @@ def _headline(by_ops: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def lora_vs_base(plan: Plan, gateways: dict[str, Server]) -> dict[str, Any]:
     name = ex.LORA_EXPERTS[0]
+    window = plan.window_s_lora
     by_ops = {}
     for ops in LORA_OPS:
         gw = gateways[ops]
         by_ops[ops] = paired(
             f"lora-vs-base-{ops}",
             8,
-            plan.reps_other,
-            ("lora", partial(measure, gw, plan, 8, model=name, pick=lambda c, k: (name, None))),
-            ("base", partial(measure, gw, plan, 8)),
+            plan.reps_lora,
+            ("lora", partial(measure, gw, plan, 8, model=name, pick=lambda c, k: (name, None), window_s=window)),
+            ("base", partial(measure, gw, plan, 8, window_s=window)),
         )
         by_ops[ops]["what"] = f"expert {name!r} (LoRA r=8, attention) vs the base model, EXPERT_LORA_OPS={ops}"
     return _headline(by_ops)
@@ -53,15 +55,16 @@ def experts_mixed(plan: Plan, gateways: dict[str, Server]) -> dict[str, Any]:
     def mixed(c: int, k: int) -> tuple[str, dict[str, Any] | None]:
         return models[(c + k) % len(models)], None
 
+    window = plan.window_s_lora
     by_ops = {}
     for ops in LORA_OPS:
         gw = gateways[ops]
         by_ops[ops] = paired(
             f"experts-mixed-{ops}",
             8,
-            plan.reps_other,
-            ("mixed", partial(measure, gw, plan, 8, pick=mixed)),
-            ("base", partial(measure, gw, plan, 8)),
+            plan.reps_lora,
+            ("mixed", partial(measure, gw, plan, 8, pick=mixed, window_s=window)),
+            ("base", partial(measure, gw, plan, 8, window_s=window)),
         )
         by_ops[ops]["what"] = (
             f"requests rotating over {len(models)} experts ({len(ex.LORA_EXPERTS)} LoRA adapters, one soft-prompt "

@@ -14,6 +14,10 @@ class Plan:
     warmup_s: float = 2.0  # after the last client has started
     window_s: float = 8.0
     window_s_32: float = 12.0
+    # lora_vs_base and experts_mixed: a window longer than a request's life (64 tokens at ~0.2 s a
+    # step), so that it holds finished requests and the next ones' prefills, not decode alone
+    window_s_lora: float = 20.0
+    reps_lora: int = 3
     stagger_s: float = 0.4  # between client starts (0.25 s at 32 clients)
     max_tokens: int = 64
     lora_peer: bool = True  # also compare a LoRA expert against vLLM serving the same adapter
@@ -31,6 +35,8 @@ class Plan:
                 reps_other=1,
                 window_s=8.0,
                 window_s_32=8.0,
+                window_s_lora=8.0,
+                reps_lora=1,
                 lora_peer=False,
                 embeds_server=False,
                 reloads=4,
