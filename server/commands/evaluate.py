@@ -312,7 +312,7 @@ def render_table(report: dict[str, Any]) -> str:
 def write_failures(path: Path, failures: list[dict[str, Any]]) -> None:
     """One JSON line per case a variant got wrong: variant, case number (1-based), last user message,
     the output and the target."""
-    with path.open("w") as fh:
+    with path.open("w", encoding="utf-8") as fh:
         for row in failures:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -335,7 +335,11 @@ def run_eval(
         return 1
     wrong = report.pop("failures")
     if failures is not None:
-        write_failures(failures, wrong)
+        try:
+            write_failures(failures, wrong)
+        except OSError as exc:
+            print(f"error: --failures: {exc}", file=sys.stderr)
+            return 1
         print(f"eval: {len(wrong)} failing case(s) written to {failures}", file=sys.stderr)
     if as_json:
         for r in report["variants"].values():
