@@ -382,8 +382,8 @@ def lora_linear(
     operands = _linear_operands(lora_a_stacked, lora_b_stacked, plan, y.dtype)
     if operands is None:
         return
-    if tuple(b.shape[0] for b in operands.b) != tuple(output_slices):
-        outs = tuple(b.shape[0] for b in operands.b)
+    outs = tuple(b.shape[0] for b in operands.b)
+    if outs != tuple(output_slices):
         raise ValueError(f"LoRA ops: adapters of {outs} outputs for slices {tuple(output_slices)}")
     rows = y.view(-1, y.shape[-1])
     h = x.to(torch.float32) @ operands.a.t()  # [tokens, slices * sum(ranks)]
