@@ -2,7 +2,7 @@
 the project's (server/engine/lora_ops.py; the setting EXPERT_LORA_OPS switches): one LoRA expert
 vs the base model, and 5 experts mixed (4 LoRA + 1 soft-prompt expert) vs the base model, 8
 clients each. Each comparison runs both sides alternating on one gateway; the two gateways
-differ only in EXPERT_LORA_OPS. The windows (`Plan.window_s_lora`) outlast a request, so the
+differ only in EXPERT_LORA_OPS. The windows (`Plan.window_s_whole`) outlast a request, so the
 throughput counts prefills as well as decode steps; the ITL ratio is the decode steps' alone."""
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ def _headline(by_ops: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def lora_vs_base(plan: Plan, gateways: dict[str, Server]) -> dict[str, Any]:
     name = ex.LORA_EXPERTS[0]
-    window = plan.window_s_lora
+    window = plan.window_s_whole
     by_ops = {}
     for ops in LORA_OPS:
         gw = gateways[ops]
         by_ops[ops] = paired(
             f"lora-vs-base-{ops}",
             8,
-            plan.reps_lora,
+            plan.reps_whole,
             ("lora", partial(measure, gw, plan, 8, model=name, pick=lambda c, k: (name, None), window_s=window)),
             ("base", partial(measure, gw, plan, 8, window_s=window)),
         )
@@ -55,14 +55,14 @@ def experts_mixed(plan: Plan, gateways: dict[str, Server]) -> dict[str, Any]:
     def mixed(c: int, k: int) -> tuple[str, dict[str, Any] | None]:
         return models[(c + k) % len(models)], None
 
-    window = plan.window_s_lora
+    window = plan.window_s_whole
     by_ops = {}
     for ops in LORA_OPS:
         gw = gateways[ops]
         by_ops[ops] = paired(
             f"experts-mixed-{ops}",
             8,
-            plan.reps_lora,
+            plan.reps_whole,
             ("mixed", partial(measure, gw, plan, 8, pick=mixed, window_s=window)),
             ("base", partial(measure, gw, plan, 8, window_s=window)),
         )

@@ -132,14 +132,16 @@ def side_stats(results: list[LoadResult]) -> dict[str, Any]:
 def paired(
     name: str, clients: int, reps: int, a: tuple[str, Callable[[], LoadResult]], b: tuple[str, Callable[[], LoadResult]]
 ) -> dict[str, Any]:
-    """Run A and B `reps` times each, alternating A B A B ...; ratios are A / B, per pair (A_i, B_i).
+    """Run A and B `reps` times each, alternating, the order reversed every other pair (A B, B A, A B,
+    ...) so that a drift of the machine or a first-run effect does not favour one side; ratios are
+    A / B, per pair (A_i, B_i).
 
     The machine may be shared: each run records how many cores other jobs took during its window. A
     pair is *matched* when its two runs saw other jobs within MATCH_CORES cores of each other; the
     headline ratios use the matched pairs when at least half the pairs (and 2) are matched, else all."""
     runs: dict[str, list[LoadResult]] = {a[0]: [], b[0]: []}
     for rep in range(reps):
-        for label, fn in (a, b):
+        for label, fn in (a, b) if rep % 2 == 0 else (b, a):
             r = fn()
             runs[label].append(r)
             oc = other_cores(r)

@@ -1,9 +1,12 @@
 """Comparisons within the gateway: the soft-prompt path (prompt embeddings vs token ids; a soft
 prompt on vs `none`; a soft-prompt-only expert vs the base model). Experts mixed in one batch
-vs the base model: bench/lora.py."""
+vs the base model: bench/lora.py. Like those, these comparisons measure windows that outlast a
+request (`Plan.window_s_whole`; `Plan.reps_whole` pairs, `reps_soft_prompt` for on vs `none`): a soft prompt changes the prefill, which
+a window of decode steps alone would not see."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from . import experts as ex
@@ -14,13 +17,15 @@ from .servers import Server
 
 def soft_prompt_path(plan: Plan, gw: Server, gw_embeds: Server | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    reps = plan.reps_whole
+    run = partial(measure, plan=plan, clients=8, window_s=plan.window_s_whole)
     if gw_embeds is not None:
         out["embeds_for_all_vs_tokens"] = paired(
             "embeds-vs-tokens",
             8,
-            plan.reps_other,
-            ("embeds", lambda: measure(gw_embeds, plan, 8)),
-            ("tokens", lambda: measure(gw, plan, 8)),
+            reps,
+            ("embeds", partial(run, gw_embeds)),
+            ("tokens", partial(run, gw)),
         )
         out["embeds_for_all_vs_tokens"]["what"] = (
             "base-model requests; gateway with EXPERT_EMBEDS_FOR_ALL_PROMPTS=true (prompt embeddings) vs false "
@@ -30,9 +35,9 @@ def soft_prompt_path(plan: Plan, gw: Server, gw_embeds: Server | None) -> dict[s
     out["soft_prompt_on_vs_none"] = paired(
         "soft-prompt-on-vs-none",
         8,
-        plan.reps_other,
-        ("on", lambda: measure(gw, plan, 8, model=name, pick=lambda c, k: (name, {"soft_prompt": "alpha"}))),
-        ("none", lambda: measure(gw, plan, 8, model=name, pick=lambda c, k: (name, {"soft_prompt": "none"}))),
+        plan.reps_soft_prompt,
+        ("on", partial(run, gw, model=name, pick=lambda c, k: (name, {"soft_prompt": "alpha"}))),
+        ("none", partial(run, gw, model=name, pick=lambda c, k: (name, {"soft_prompt": "none"}))),
     )
     out["soft_prompt_on_vs_none"]["what"] = (
         f"expert {name!r} (LoRA), soft prompt 'alpha' (6 virtual tokens, sent as prompt embeddings) vs "
@@ -42,9 +47,9 @@ def soft_prompt_path(plan: Plan, gw: Server, gw_embeds: Server | None) -> dict[s
     out["soft_prompt_only_vs_base"] = paired(
         "soft-prompt-only-vs-base",
         8,
-        plan.reps_other,
-        ("expert", lambda: measure(gw, plan, 8, model=only)),
-        ("base", lambda: measure(gw, plan, 8)),
+        reps,
+        ("expert", partial(run, gw, model=only)),
+        ("base", partial(run, gw)),
     )
     out["soft_prompt_only_vs_base"]["what"] = (
         f"expert {only!r}: a {ex.SOFT_PROMPT_ONLY_TOKENS}-token soft prompt and no adapter (prompt embeddings, "

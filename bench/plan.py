@@ -10,14 +10,17 @@ class Plan:
     quick: bool
     clients: tuple[int, ...] = (1, 8, 32)
     reps: dict[int, int] | None = None  # clients -> repetitions of gateway-vs-vLLM pairs
-    reps_other: int = 3  # repetitions of the other comparisons
     warmup_s: float = 2.0  # after the last client has started
     window_s: float = 8.0
     window_s_32: float = 12.0
-    # lora_vs_base and experts_mixed: a window longer than a request's life (64 tokens at ~0.2 s a
-    # step), so that it holds finished requests and the next ones' prefills, not decode alone
-    window_s_lora: float = 20.0
-    reps_lora: int = 3
+    # lora_vs_base, experts_mixed and the soft-prompt comparisons: a window longer than a request's
+    # life (64 tokens at ~0.2 s a step), so that it holds finished requests and the next ones'
+    # prefills, not decode alone
+    window_s_whole: float = 20.0
+    reps_whole: int = 4
+    # soft prompt on vs `none`: a cost of a few per cent (a longer prefill) against a run-to-run
+    # spread of about 10 %, so more pairs
+    reps_soft_prompt: int = 6
     stagger_s: float = 0.4  # between client starts (0.25 s at 32 clients)
     max_tokens: int = 64
     lora_peer: bool = True  # also compare a LoRA expert against vLLM serving the same adapter
@@ -32,15 +35,15 @@ class Plan:
             return cls(
                 True,
                 reps={1: 1, 8: 1, 32: 1},
-                reps_other=1,
                 window_s=8.0,
                 window_s_32=8.0,
-                window_s_lora=8.0,
-                reps_lora=1,
+                window_s_whole=8.0,
+                reps_whole=1,
+                reps_soft_prompt=1,
                 lora_peer=False,
                 embeds_server=False,
                 reloads=4,
                 interleaved=8,
                 profile=profile,
             )
-        return cls(False, reps={1: 3, 8: 8, 32: 4}, reps_other=2, profile=profile)
+        return cls(False, reps={1: 3, 8: 8, 32: 4}, profile=profile)

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": plan.warmup_s,
             "window_s": plan.window_s,
             "window_s_32": plan.window_s_32,
-            "window_s_lora": plan.window_s_lora,
+            "window_s_whole": plan.window_s_whole,
             "stagger_s": plan.stagger_s,
             "engine_args": f"max_model_len {cfg.max_model_len}, LoRA on (max_loras {cfg.max_loras}, "
             f"max_cpu_loras {cfg.max_cpu_loras}, max_lora_rank {cfg.max_lora_rank}), "

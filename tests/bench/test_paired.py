@@ -1,0 +1,46 @@
+"""bench/measure.py's `paired`: the order of the two sides, and ratios taken per pair."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.load import LoadResult
+from bench.measure import paired
+
+pytestmark = pytest.mark.unit
+
+
+def _result(tokens: float) -> LoadResult:
+    return LoadResult(
+        clients=8,
+        window_s=10.0,
+        tokens=tokens,
+        requests_started=8,
+        requests_finished=0,
+        failures=[],
+        ttft=[0.5],
+        itl=[0.1],
+        mean_completion_tokens=None,
+        per_model={},
+    )
+
+
+def test_the_order_is_reversed_every_other_pair_and_ratios_pair_the_same_rep():
+    calls: list[str] = []
+    # the machine slows down run after run: a side that always ran first would look faster
+    speed = iter([400.0, 380.0, 360.0, 340.0, 320.0, 300.0, 280.0, 260.0])
+
+    def side(label: str):
+        def run() -> LoadResult:
+            calls.append(label)
+            return _result(next(speed))
+
+        return run
+
+    out = paired("t", 8, 4, ("a", side("a")), ("b", side("b")))
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    # pairs: (400 / 380), (340 / 360), (320 / 300), (260 / 280)
+    assert out["throughput_ratio_runs"] == [round(x, 3) for x in (400 / 380, 340 / 360, 320 / 300, 260 / 280)]
+    # the drift cancels in the median of the pairs, where A-first-always would read about 1.06
+    assert out["throughput_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert out["ratio_is"] == "a / b"
