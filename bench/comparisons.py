@@ -63,43 +63,52 @@ def gateway_vs_vllm(plan: Plan, gw: Server, peer: Server) -> dict[str, Any]:
     return out
 
 
+# one side of an interleaved probe: (label, server, model, extra request fields)
+Side = tuple[str, Server, str, dict[str, Any] | None]
+
+
 def ttft_interleaved(gw: Server, peer: Server, n: int) -> dict[str, Any]:
-    """One client, one request at a time, alternating servers request by request (gw, vLLM, vLLM, gw, ...):
+    """The gateway and vLLM's server, base-model requests: see `ttft_interleaved_sides`."""
+    return ttft_interleaved_sides(("gateway", gw, BASE_ID, None), ("vllm", peer, BASE_ID, None), n)
+
+
+def ttft_interleaved_sides(a: Side, b: Side, n: int) -> dict[str, Any]:
+    """One client, one request at a time, alternating sides request by request (A, B, B, A, ...):
     streaming, max_tokens 1, so TTFT = the serving path + one prefill on an idle engine. Neighbouring
-    requests see the same machine load, so the paired differences isolate what each server adds.
+    requests see the same machine load, so the paired differences isolate what each side adds.
     Each request waits `IDLE_SPIN_S` first: a vLLM worker keeps one core busy for about a second after
-    its last step, which would slow the other server's next request (both are bound to the same cores)."""
-    out: dict[str, list[float]] = {"gateway": [], "vllm": []}
+    its last step, which would slow the next request (every server is bound to the same cores)."""
+    out: dict[str, list[float]] = {a[0]: [], b[0]: []}
     errors: list[str] = []
 
     async def go() -> None:
         async with httpx.AsyncClient(timeout=60) as client:
             for i in range(n):
-                order = [("gateway", gw), ("vllm", peer)] if i % 2 == 0 else [("vllm", peer), ("gateway", gw)]
-                for label, server in order:
+                for label, server, model, extra in (a, b) if i % 2 == 0 else (b, a):
                     await asyncio.sleep(IDLE_SPIN_S)
                     rec = RequestRecord(start=time.perf_counter(), client=0)
-                    await one_request(client, server.url, body_for(BASE_ID, i, 1, None), rec)
+                    await one_request(client, server.url, body_for(model, i, 1, extra), rec)
                     if rec.error or rec.first is None:
                         errors.append(f"{label}: {rec.error or 'no token'}")
                         out[label].append(float("nan"))
                     else:
                         out[label].append(rec.first - rec.start)
 
-    s0 = snapshot(gw, SERVERS or [gw, peer])
+    first = a[1]
+    s0 = snapshot(first, SERVERS or [a[1], b[1]])
     asyncio.run(go())
-    s1 = snapshot(gw, SERVERS or [gw, peer])
+    s1 = snapshot(first, SERVERS or [a[1], b[1]])
     busy_other = max(0.0, ((s1["machine"] - s0["machine"]) - (s1["ours"] - s0["ours"])) / (s1["t"] - s0["t"]))
-    pairs = [(a, b) for a, b in zip(out["gateway"], out["vllm"], strict=True) if a == a and b == b]  # not NaN
-    g, v = [a for a, _ in pairs], [b for _, b in pairs]
+    pairs = [(x, y) for x, y in zip(out[a[0]], out[b[0]], strict=True) if x == x and y == y]  # not NaN
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
     return {
         "requests_per_side": n,
-        "gateway_ttft_p50_ms": ms(pct(g, 50)),
-        "vllm_ttft_p50_ms": ms(pct(v, 50)),
-        "gateway_ttft_p90_ms": ms(pct(g, 90)),
-        "vllm_ttft_p90_ms": ms(pct(v, 90)),
-        "ttft_p50_ratio": ratio(pct(g, 50), pct(v, 50)),
-        "paired_difference_p50_ms": ms(pct([a - b for a, b in pairs], 50)),
+        f"{a[0]}_ttft_p50_ms": ms(pct(xs, 50)),
+        f"{b[0]}_ttft_p50_ms": ms(pct(ys, 50)),
+        f"{a[0]}_ttft_p90_ms": ms(pct(xs, 90)),
+        f"{b[0]}_ttft_p90_ms": ms(pct(ys, 90)),
+        "ttft_p50_ratio": ratio(pct(xs, 50), pct(ys, 50)),
+        "paired_difference_p50_ms": ms(pct([x - y for x, y in pairs], 50)),
         "other_jobs_cores": round(busy_other, 2),
         "failures": errors[:3],
     }

@@ -1,8 +1,9 @@
 """Where the engine's time goes: `python -m bench.engine_profile`.
 
 Starts one gateway with the benchmark's experts (bench/experts.py) and drives it with 8 clients in
-three workloads, alternating: the base model, one LoRA expert, and the 5 experts mixed (as
-bench/lora.py's `experts_mixed`). During each measurement window py-spy samples the engine's
+workloads, alternating: by default the base model, one LoRA expert, and the 5 experts mixed (as
+bench/lora.py's `experts_mixed`); `--workloads` also offers bench/mixed.py's soft prompt on and
+`none` (`sp-on`, `sp-none`). During each measurement window py-spy samples the engine's
 model-running process (vLLM's worker: the model runner and the model run in its main thread; the
 scheduler runs in the engine-core process beside it and is not sampled); every sample is put in
 one bucket by the innermost frame that names a part of the engine (the LoRA ops, the LoRA
@@ -139,20 +140,30 @@ async def _profiled_load(server: Server, pid: int, plan: Plan, window_s: float, 
 
 
 def workloads() -> dict[str, Any]:
+    """Every workload by name: how a client picks the model (and extra fields) of its k-th request."""
     lora = ex.LORA_EXPERTS[0]
     mixed = [*ex.LORA_EXPERTS, ex.SOFT_PROMPT_EXPERT]
+    sp = ex.SOFT_PROMPT_EXPERT
     return {
         "base": None,
         "lora": lambda c, k: (lora, None),
         "mixed": lambda c, k: (mixed[(c + k) % len(mixed)], None),
+        # bench/mixed.py's soft prompt on vs `none`: the same LoRA expert, prompt embeddings or token ids
+        "sp-on": lambda c, k: (sp, {"soft_prompt": "alpha"}),
+        "sp-none": lambda c, k: (sp, {"soft_prompt": "none"}),
     }
 
 
-def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path) -> dict[str, Any]:
+DEFAULT_WORKLOADS = ("base", "lora", "mixed")
+DIFFERENCES = (("mixed", "base"), ("sp-on", "sp-none"))  # columns A − B, where both were run
+
+
+def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path, names: list[str]) -> dict[str, Any]:
     pid = model_process_pid(server)
     per: dict[str, dict[str, Any]] = {}
+    chosen = {n: p for n, p in workloads().items() if n in names}
     for rep in range(reps):
-        order = list(workloads().items())
+        order = list(chosen.items())
         if rep % 2:
             order.reverse()
         for name, pick in order:
@@ -188,11 +199,12 @@ def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path) -
 
 def write_markdown(res: dict[str, Any], path: Path) -> None:
     w = res["workloads"]
-    names = [n for n in ("base", "lora", "mixed") if n in w]
+    names = [n for n in workloads() if n in w]
     buckets = sorted(
         {b for n in names for b in w[n]["ms_per_token"]},
         key=lambda b: -max(w[n]["ms_per_token"].get(b, 0) for n in names),
     )
+    diffs = [(a, b) for a, b in DIFFERENCES if a in w and b in w]
     lines = [
         "# Engine profile: where a generated token's time goes",
         "",
@@ -203,20 +215,16 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         "Milliseconds of the model-running thread per generated token, by the innermost part of the engine "
         "on the stack (time in torch's C++ code is charged to the Python frame that called it).",
         "",
-        "| part | " + " | ".join(names) + (" | mixed − base |" if "mixed" in w and "base" in w else ""),
-        "|---|" + "---:|" * len(names) + ("---:|" if "mixed" in w and "base" in w else ""),
+        "| part | " + " | ".join(names) + "".join(f" | {a} − {b}" for a, b in diffs) + " |",
+        "|---|" + "---:|" * (len(names) + len(diffs)),
     ]
-    for b in buckets:
-        cells = [f"{w[n]['ms_per_token'].get(b, 0):.2f}" for n in names]
-        diff = ""
-        if "mixed" in w and "base" in w:
-            diff = f" {w['mixed']['ms_per_token'].get(b, 0) - w['base']['ms_per_token'].get(b, 0):+.2f} |"
-        lines.append(f"| {b} | " + " | ".join(cells) + " |" + diff)
+    for bucket in buckets:
+        cells = [f"{w[n]['ms_per_token'].get(bucket, 0):.2f}" for n in names]
+        cells += [f"{w[a]['ms_per_token'].get(bucket, 0) - w[b]['ms_per_token'].get(bucket, 0):+.2f}" for a, b in diffs]
+        lines.append(f"| {bucket} | " + " | ".join(cells) + " |")
     total = [f"**{w[n]['engine_ms_per_token']:.2f}**" for n in names]
-    diff = ""
-    if "mixed" in w and "base" in w:
-        diff = f" **{w['mixed']['engine_ms_per_token'] - w['base']['engine_ms_per_token']:+.2f}** |"
-    lines.append("| **engine, all parts** | " + " | ".join(total) + " |" + diff)
+    total += [f"**{w[a]['engine_ms_per_token'] - w[b]['engine_ms_per_token']:+.2f}**" for a, b in diffs]
+    lines.append("| **engine, all parts** | " + " | ".join(total) + " |")
     lines += [
         "",
         "| workload | tokens/s | ITL p50 ms | engine busy |",
@@ -232,7 +240,12 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m bench.engine_profile", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=2, help="rounds of the three workloads (default 2)")
+    ap.add_argument("--reps", type=int, default=2, help="rounds of the workloads (default 2)")
+    ap.add_argument(
+        "--workloads",
+        default=",".join(DEFAULT_WORKLOADS),
+        help=f"comma-separated, of {', '.join(workloads())} (default {','.join(DEFAULT_WORKLOADS)})",
+    )
     ap.add_argument("--window", type=float, default=20.0, help="seconds sampled per workload and round (default 20)")
     ap.add_argument(
         "--lora-ops", choices=("project", "vllm"), default="project", help="EXPERT_LORA_OPS (default project)"
@@ -240,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=BENCH, help="folder for profile.json / profile.md (default bench/)")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch folder (py-spy's raw stacks, logs)")
     args = ap.parse_args(argv)
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    unknown = [n for n in names if n not in workloads()]
+    if unknown or not names:
+        ap.error(f"--workloads: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(workloads())}")
     if not (Path(sys.executable).parent / "py-spy").exists():
         print(
             "bench.engine_profile: py-spy is not installed (scripts/bootstrap.sh installs the dev extras)",
@@ -258,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "lora_ops": args.lora_ops,
         "reps": args.reps,
         "window_s": args.window,
+        "workload_names": names,
         "buckets": [b for b, _ in BUCKETS] + [OTHER],
     }
     t0 = time.perf_counter()
@@ -270,13 +288,15 @@ def main(argv: list[str] | None = None) -> int:
         SERVERS[:] = [server]
         print("bench.engine_profile: starting the gateway ...", flush=True)
         start_all([server])
-        for pick in workloads().values():  # warm every workload once (adapters loaded, first steps)
+        for name, pick in workloads().items():  # warm each chosen workload once (adapters loaded, first steps)
+            if name not in names:
+                continue
             asyncio.run(
                 run_load(server.url, clients=8, warmup_s=0, window_s=4, max_tokens=16, pick=pick, model=BASE_ID)
             )
             wait_idle(server)
         args.out.mkdir(parents=True, exist_ok=True)
-        res["workloads"] = run(plan, server, args.reps, args.window, work)
+        res["workloads"] = run(plan, server, args.reps, args.window, work, names)
     finally:
         if server is not None:
             server.stop()

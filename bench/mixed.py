@@ -10,9 +10,10 @@ from functools import partial
 from typing import Any
 
 from . import experts as ex
+from .comparisons import Side, ttft_interleaved_sides
 from .measure import measure, paired
 from .plan import Plan
-from .servers import Server
+from .servers import BASE_ID, Server
 
 
 def soft_prompt_path(plan: Plan, gw: Server, gw_embeds: Server | None) -> dict[str, Any]:
@@ -43,6 +44,9 @@ def soft_prompt_path(plan: Plan, gw: Server, gw_embeds: Server | None) -> dict[s
         f"expert {name!r} (LoRA), soft prompt 'alpha' (6 virtual tokens, sent as prompt embeddings) vs "
         "soft_prompt='none' (token ids)"
     )
+    out["soft_prompt_on_vs_none"]["ttft_interleaved_1_client"] = _interleaved(
+        plan, ("on", gw, name, {"soft_prompt": "alpha"}), ("none", gw, name, {"soft_prompt": "none"})
+    )
     only = ex.SOFT_PROMPT_ONLY_EXPERT
     out["soft_prompt_only_vs_base"] = paired(
         "soft-prompt-only-vs-base",
@@ -55,4 +59,17 @@ def soft_prompt_path(plan: Plan, gw: Server, gw_embeds: Server | None) -> dict[s
         f"expert {only!r}: a {ex.SOFT_PROMPT_ONLY_TOKENS}-token soft prompt and no adapter (prompt embeddings, "
         "no LoRA slot) vs the base model (token ids)"
     )
+    out["soft_prompt_only_vs_base"]["ttft_interleaved_1_client"] = _interleaved(
+        plan, ("expert", gw, only, None), ("base", gw, BASE_ID, None)
+    )
     return out
+
+
+def _interleaved(plan: Plan, a: Side, b: Side) -> dict[str, Any]:
+    """What a soft prompt adds to one request, away from the batch's noise: single requests of
+    both sides interleaved (bench/comparisons.py), a prefill on an idle engine each."""
+    print(f"    TTFT, one client, {a[0]} vs {b[0]} interleaved ...", flush=True)
+    try:
+        return ttft_interleaved_sides(a, b, plan.interleaved)
+    except Exception as exc:  # reported; the windowed results stand
+        return {"error": f"{type(exc).__name__}: {exc}"}

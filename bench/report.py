@@ -156,11 +156,21 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                 f"{a['itl_p50_ms']} / {b['itl_p50_ms']} | {_oc(a)} / {_oc(b)} | "
                 f"{r['repetitions']} ({r.get('pairs_matched', '-')}) | {a['failures']} / {b['failures']} |"
             )
-        lines += [
-            "",
-            "3a sends the same base-model prompts as embeddings (no soft prompt) or as token ids.",
-            "",
-        ]
+        lines += ["", "3a sends the same base-model prompts as embeddings (no soft prompt) or as token ids."]
+        for key, label, (x, y) in (
+            ("soft_prompt_on_vs_none", "3b", ("on", "none")),
+            ("soft_prompt_only_vs_base", "3c", ("expert", "base")),
+        ):
+            ti = (sp.get(key) or {}).get("ttft_interleaved_1_client")
+            if ti and "error" not in ti:
+                lines += [
+                    "",
+                    f"{label}, one request at a time ({ti['requests_per_side']} per side interleaved, streaming, "
+                    f"max_tokens 1, each after a {IDLE_SPIN_S} s pause): TTFT p50 {x} {ti[f'{x}_ttft_p50_ms']} ms / "
+                    f"{y} {ti[f'{y}_ttft_p50_ms']} ms (ratio **{ti['ttft_p50_ratio']}**; median paired difference "
+                    f"{ti['paired_difference_p50_ms']} ms): what the soft prompt adds to one request's prefill.",
+                ]
+        lines += [""]
     for key in ("lora_vs_base", "experts_mixed", "soft_prompt_path"):
         if isinstance(res.get(key), dict) and "error" in res[key]:
             lines += [f"{key} failed: {res[key]['error']}", ""]

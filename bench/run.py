@@ -46,6 +46,15 @@ from .report import write_markdown
 from .servers import BASE_ID, EngineConfig, Server, gateway, start_all, vllm_server
 
 BENCH = Path(__file__).resolve().parent
+# each section, and the servers it measures besides `gateway` (started only when a chosen section needs them)
+SECTION_SERVERS: dict[str, set[str]] = {
+    "gateway_vs_vllm": {"vllm"},
+    "lora_vs_base": {"gateway-vllm-lora-ops"},
+    "experts_mixed": {"gateway-vllm-lora-ops"},
+    "soft_prompt_path": {"gateway-embeds"},
+    "reload": set(),
+    "profile": {"vllm"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         help="comma-separated sections to run (gateway_vs_vllm, lora_vs_base, experts_mixed, soft_prompt_path, "
-        "reload; default: all), e.g. for a short check",
+        "reload, profile; default: all), e.g. for a short check; only the servers they use are started",
     )
     args = ap.parse_args(argv)
+    only = {x.strip() for x in args.only.split(",") if x.strip()} if args.only else None
+    if only is not None:
+        unknown = sorted(only - set(SECTION_SERVERS))
+        if unknown or not only:
+            ap.error(
+                f"--only: unknown section {', '.join(unknown) or '(none given)'}; known: {', '.join(SECTION_SERVERS)}"
+            )
     plan = Plan.make(args.quick, args.profile)
     cfg = EngineConfig()
     t_start = time.perf_counter()
@@ -109,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         peer = vllm_server("vllm", model, logs, cfg, lora_modules=es.lora_dirs)
         # the same gateway with vLLM's stock CPU LoRA ops, for lora_vs_base and experts_mixed
         gw_stock = gateway("gateway-vllm-lora-ops", es.root, logs, cfg, lora_ops="vllm")
-        servers += [gw, peer, gw_stock]
-        SERVERS[:] = servers
+        candidates = [gw, peer, gw_stock]
         gw_embeds = None
         if plan.embeds_server:
             gw_embeds = gateway("gateway-embeds", es.root, logs, cfg, embeds_for_all=True)
-            servers.append(gw_embeds)
-            SERVERS.append(gw_embeds)
+            candidates.append(gw_embeds)
+        # only the servers the chosen sections use are started
+        wanted = {"gateway"}.union(*(SECTION_SERVERS[k] for k in (only or SECTION_SERVERS)))
+        servers += [s for s in candidates if s.name in wanted]
+        SERVERS[:] = servers
         print("bench: starting servers ...", flush=True)
         start_all(servers)
         res["servers"] = {s.name: {"ready_s": round(s.started_s, 1), "cmd": " ".join(s.cmd)} for s in servers}
@@ -123,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             asyncio.run(run_load(s.url, clients=4, warmup_s=0, window_s=4, max_tokens=16, model=BASE_ID, stagger_s=0.2))
             wait_idle(s)
-
-        only = set(args.only.split(",")) if args.only else None
 
         def section(key: str, fn: Callable[[], dict[str, Any]]) -> None:
             if only is not None and key not in only:

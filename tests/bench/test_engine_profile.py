@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.engine_profile import OTHER, bucket_of, summarise
+from bench.engine_profile import OTHER, bucket_of, summarise, write_markdown
 
 pytestmark = pytest.mark.unit
 
@@ -39,3 +39,34 @@ def test_only_the_model_running_thread_is_counted(tmp_path):
     got = summarise(raw)
     assert got["buckets"] == {"LoRA ops (project)": 10, "base linear GEMMs": 20}
     assert sum(got["samples_by_thread"].values()) == 39
+
+
+def _workload(lora_ms: float, total: float) -> dict:
+    return {
+        "tokens_per_s": 30.0,
+        "itl_p50_ms": 150.0,
+        "engine_busy_share": 0.9,
+        "engine_ms_per_token": total,
+        "ms_per_token": {"base linear GEMMs": 20.0, "LoRA ops (project)": lora_ms},
+        "failures": 0,
+    }
+
+
+def test_the_table_has_a_difference_column_for_each_pair_of_workloads_run(tmp_path):
+    res = {
+        "command": "python -m bench.engine_profile --workloads sp-on,sp-none",
+        "date": "today",
+        "machine": {"cpu_model": "cpu", "cores": 2},
+        "dtype": "float32",
+        "lora_ops": "project",
+        "reps": 2,
+        "window_s": 20.0,
+        "workloads": {"sp-none": _workload(2.0, 30.0), "sp-on": _workload(2.5, 31.5)},
+    }
+    out = tmp_path / "profile.md"
+    write_markdown(res, out)
+    text = out.read_text()
+    assert "| part | sp-on | sp-none | sp-on − sp-none |" in text
+    assert "| LoRA ops (project) | 2.50 | 2.00 | +0.50 |" in text
+    assert "| **engine, all parts** | **31.50** | **30.00** | **+1.50** |" in text
+    assert "mixed − base" not in text

@@ -1,0 +1,38 @@
+"""bench/report.py: the committed results.json renders, and section 3 shows the single-request probe."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.report import write_markdown
+
+pytestmark = pytest.mark.unit
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.json"
+
+
+def test_section_3_shows_what_a_soft_prompt_adds_to_one_request(tmp_path):
+    res = copy.deepcopy(json.loads(RESULTS.read_text()))
+    res["soft_prompt_path"]["soft_prompt_on_vs_none"]["ttft_interleaved_1_client"] = {
+        "requests_per_side": 24,
+        "on_ttft_p50_ms": 285.2,
+        "none_ttft_p50_ms": 272.5,
+        "on_ttft_p90_ms": 312.0,
+        "none_ttft_p90_ms": 295.0,
+        "ttft_p50_ratio": 1.047,
+        "paired_difference_p50_ms": 12.7,
+        "other_jobs_cores": 0.02,
+        "failures": [],
+    }
+    res["soft_prompt_path"]["soft_prompt_only_vs_base"]["ttft_interleaved_1_client"] = {"error": "RuntimeError: x"}
+    out = tmp_path / "results.md"
+    write_markdown(res, out)
+    text = out.read_text()
+    assert "### 3. The soft-prompt path (gateway)" in text
+    assert "3b, one request at a time (24 per side interleaved" in text
+    assert "TTFT p50 on 285.2 ms / none 272.5 ms (ratio **1.047**; median paired difference 12.7 ms)" in text
+    assert "3c, one request at a time" not in text  # a failed probe is not shown as a result
