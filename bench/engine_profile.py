@@ -4,8 +4,8 @@ Starts one gateway with the benchmark's experts (bench/experts.py) and drives it
 workloads, alternating: by default the base model, one LoRA expert, and the 5 experts mixed (as
 bench/lora.py's `experts_mixed`); `--workloads` also offers bench/mixed.py's soft prompt on and
 `none` (`sp-on`, `sp-none`). During each measurement window py-spy samples the engine's
-model-running process (vLLM's worker: the model runner and the model run in its main thread; the
-scheduler runs in the engine-core process beside it and is not sampled); every sample is put in
+model-running process (vLLM's worker: the model runner and the model run in its main thread) and,
+in a table of its own, the engine-core process beside it (the scheduler); every sample is put in
 one bucket by the innermost frame that names a part of the engine (the LoRA ops, the LoRA
 mapping, attention, the base model's GEMMs, ...). Time torch spends in C++ is charged to
 the Python frame that called it. Each bucket is reported as engine milliseconds per generated
@@ -66,10 +66,10 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
 OTHER = "other"
 
 
-def bucket_of(frames: list[str]) -> str:
+def bucket_of(frames: list[str], buckets: list[tuple[str, tuple[str, ...]]] | None = None) -> str:
     """The bucket of the innermost frame (last in py-spy's order) that matches one."""
     for frame in reversed(frames):
-        for name, needles in BUCKETS:
+        for name, needles in buckets or BUCKETS:
             if any(n in frame for n in needles):
                 return name
     return OTHER
@@ -86,7 +86,35 @@ def model_process_pid(server: Server) -> int:
     return best
 
 
-def summarise(raw: Path) -> dict[str, Any]:
+# the engine-core process (vLLM's scheduler, beside the worker): its main thread's samples, by the
+# innermost frame that matches (same rule as BUCKETS)
+CORE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("serialisation", ("serial_utils.py", "msgspec", "pickle")),
+    (
+        "KV cache manager, block hashes",
+        ("vllm/v1/core/kv_cache", "vllm/v1/core/block_pool", "vllm/v1/core/single_type"),
+    ),
+    ("scheduler", ("vllm/v1/core/sched/",)),
+    ("requests (token lists, stop checks)", ("vllm/v1/request.py", "vllm/v1/core/")),
+    ("LoRA (scheduler side)", ("vllm/lora/",)),
+    ("engine-core loop, outputs", ("vllm/v1/engine/", "vllm/v1/executor/", "vllm/v1/outputs")),
+]
+
+
+def engine_core_pid(server: Server) -> int | None:
+    """vLLM's engine-core process under the gateway (its process title starts VLLM::EngineCore)."""
+    assert server.proc is not None
+    for pid in sorted(descendants(server.proc.pid)):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith("VLLM::EngineCor"):
+            return pid
+    return None
+
+
+def summarise(raw: Path, buckets: list[tuple[str, tuple[str, ...]]] | None = None) -> dict[str, Any]:
     """Active samples of the worker's main thread (py-spy leaves idle stacks out), per bucket."""
     counts: dict[str, int] = {}
     threads: dict[str, int] = {}
@@ -98,13 +126,15 @@ def summarise(raw: Path) -> dict[str, Any]:
         threads[frames[0]] = threads.get(frames[0], 0) + int(count)
         if not any("worker_busy_loop" in f or "run_busy_loop" in f for f in frames):
             continue  # the I/O threads (sockets, serialisation) are not the step
-        b = bucket_of(frames)
+        b = bucket_of(frames, buckets or BUCKETS)
         counts[b] = counts.get(b, 0) + int(count)
     return {"buckets": counts, "samples_by_thread": threads}
 
 
-async def _profiled_load(server: Server, pid: int, plan: Plan, window_s: float, pick, raw: Path) -> LoadResult:
-    async def spy() -> None:
+async def _profiled_load(
+    server: Server, pids: dict[str, int], plan: Plan, window_s: float, pick, raws: dict[str, Path]
+) -> LoadResult:
+    async def record(pid: int, raw: Path) -> None:
         proc = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "py-spy"),
             "record",
@@ -125,6 +155,9 @@ async def _profiled_load(server: Server, pid: int, plan: Plan, window_s: float, 
         _, err = await proc.communicate()
         if proc.returncode != 0 or not raw.exists():
             raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[:500]}")
+
+    async def spy() -> None:
+        await asyncio.gather(*(record(pids[k], raws[k]) for k in pids))
 
     return await run_load(
         server.url,
@@ -159,7 +192,10 @@ DIFFERENCES = (("mixed", "base"), ("sp-on", "sp-none"))  # columns A − B, wher
 
 
 def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path, names: list[str]) -> dict[str, Any]:
-    pid = model_process_pid(server)
+    pids = {"worker": model_process_pid(server)}
+    core = engine_core_pid(server)
+    if core is not None:
+        pids["core"] = core
     per: dict[str, dict[str, Any]] = {}
     chosen = {n: p for n, p in workloads().items() if n in names}
     for rep in range(reps):
@@ -167,12 +203,17 @@ def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path, n
         if rep % 2:
             order.reverse()
         for name, pick in order:
-            raw = out_dir / f"profile-engine-{name}-{rep}.txt"
+            raws = {k: out_dir / f"profile-{k}-{name}-{rep}.txt" for k in pids}
             print(f"  {name} (rep {rep + 1}/{reps}) ...", flush=True)
-            r = asyncio.run(_profiled_load(server, pid, plan, window_s, pick, raw))
+            r = asyncio.run(_profiled_load(server, pids, plan, window_s, pick, raws))
             wait_idle(server)
-            s = summarise(raw)
-            acc = per.setdefault(name, {"tokens": 0.0, "window_s": 0.0, "itl": [], "buckets": {}, "failures": 0})
+            s = summarise(raws["worker"])
+            acc = per.setdefault(
+                name, {"tokens": 0.0, "window_s": 0.0, "itl": [], "buckets": {}, "core": {}, "failures": 0}
+            )
+            if "core" in raws:
+                for b, n in summarise(raws["core"], CORE_BUCKETS)["buckets"].items():
+                    acc["core"][b] = acc["core"].get(b, 0) + n
             acc["tokens"] += r.tokens
             acc["window_s"] += r.window_s
             acc["itl"] += r.itl
@@ -191,6 +232,10 @@ def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path, n
             "ms_per_token": {
                 b: round(n / RATE_HZ * 1000 / tokens, 2)
                 for b, n in sorted(acc["buckets"].items(), key=lambda kv: -kv[1])
+            },
+            "engine_core_ms_per_token": round(sum(acc["core"].values()) * 1000 / RATE_HZ / tokens, 2),
+            "engine_core_ms_per_token_by_part": {
+                b: round(n / RATE_HZ * 1000 / tokens, 2) for b, n in sorted(acc["core"].items(), key=lambda kv: -kv[1])
             },
             "failures": acc["failures"],
         }
@@ -225,6 +270,30 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     total = [f"**{w[n]['engine_ms_per_token']:.2f}**" for n in names]
     total += [f"**{w[a]['engine_ms_per_token'] - w[b]['engine_ms_per_token']:+.2f}**" for a, b in diffs]
     lines.append("| **engine, all parts** | " + " | ".join(total) + " |")
+    if any(w[n].get("engine_core_ms_per_token_by_part") for n in names):
+        core_parts = sorted(
+            {b for n in names for b in w[n].get("engine_core_ms_per_token_by_part", {})},
+            key=lambda b: -max(w[n].get("engine_core_ms_per_token_by_part", {}).get(b, 0) for n in names),
+        )
+        lines += [
+            "",
+            "The engine-core process (vLLM's scheduler, beside the worker), its main thread, ms per generated token:",
+            "",
+            "| part | " + " | ".join(names) + "".join(f" | {a} − {b}" for a, b in diffs) + " |",
+            "|---|" + "---:|" * (len(names) + len(diffs)),
+        ]
+
+        def core(n: str, part: str | None) -> float:
+            if part is None:
+                return float(w[n].get("engine_core_ms_per_token", 0))
+            return float(w[n].get("engine_core_ms_per_token_by_part", {}).get(part, 0))
+
+        for part in [*core_parts, None]:
+            cells = [f"{core(n, part):.2f}" for n in names] + [
+                f"{core(a, part) - core(b, part):+.2f}" for a, b in diffs
+            ]
+            label = part or "**engine core, all**"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| workload | tokens/s | ITL p50 ms | engine busy |",

@@ -1,8 +1,9 @@
 """Comparisons within the gateway: the soft-prompt path (prompt embeddings vs token ids; a soft
 prompt on vs `none`; a soft-prompt-only expert vs the base model). Experts mixed in one batch
 vs the base model: bench/lora.py. Like those, these comparisons measure windows that outlast a
-request (`Plan.window_s_whole`; `Plan.reps_whole` pairs, `reps_soft_prompt` for on vs `none`): a soft prompt changes the prefill, which
-a window of decode steps alone would not see."""
+request (`Plan.window_s_whole`; `Plan.reps_whole` pairs, `reps_soft_prompt` for on vs `none`): a
+soft prompt changes the prefill, which a window of decode steps alone would not see. Soft prompt
+on vs `none` and the soft-prompt-only expert also get a single-request TTFT probe."""
 
 from __future__ import annotations
 

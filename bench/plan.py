@@ -18,8 +18,8 @@ class Plan:
     # prefills, not decode alone
     window_s_whole: float = 20.0
     reps_whole: int = 4
-    # soft prompt on vs `none`: a cost of a few per cent (a longer prefill) against a run-to-run
-    # spread of about 10 %, so more pairs
+    # soft prompt on vs `none`: a difference of a few per cent against a run-to-run spread of
+    # about 10 %, so more pairs
     reps_soft_prompt: int = 6
     stagger_s: float = 0.4  # between client starts (0.25 s at 32 clients)
     max_tokens: int = 64

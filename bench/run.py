@@ -60,7 +60,7 @@ SECTION_SERVERS: dict[str, set[str]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one repetition per cell, shorter windows (< 6 min)")
+    ap.add_argument("--quick", action="store_true", help="one repetition per cell, shorter windows (about 10 min)")
     ap.add_argument("--profile", action="store_true", help="also sample both API processes with py-spy")
     ap.add_argument("--out", type=Path, default=BENCH, help="folder for results.json / results.md (default bench/)")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch folder (experts, server logs)")

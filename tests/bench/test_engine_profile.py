@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.engine_profile import OTHER, bucket_of, summarise, write_markdown
+from bench.engine_profile import CORE_BUCKETS, OTHER, bucket_of, summarise, write_markdown
 
 pytestmark = pytest.mark.unit
 
@@ -70,3 +70,36 @@ def test_the_table_has_a_difference_column_for_each_pair_of_workloads_run(tmp_pa
     assert "| LoRA ops (project) | 2.50 | 2.00 | +0.50 |" in text
     assert "| **engine, all parts** | **31.50** | **30.00** | **+1.50** |" in text
     assert "mixed − base" not in text
+
+
+def test_the_engine_core_gets_its_own_table_when_it_was_sampled(tmp_path):
+    on, none = _workload(2.5, 31.5), _workload(2.0, 30.0)
+    on["engine_core_ms_per_token"], none["engine_core_ms_per_token"] = 6.0, 4.0
+    on["engine_core_ms_per_token_by_part"] = {"scheduler": 4.0, "serialisation": 2.0}
+    none["engine_core_ms_per_token_by_part"] = {"scheduler": 3.5, "serialisation": 0.5}
+    res = {
+        "command": "c",
+        "date": "d",
+        "machine": {},
+        "dtype": "float32",
+        "lora_ops": "project",
+        "reps": 1,
+        "window_s": 20.0,
+        "workloads": {"sp-none": none, "sp-on": on},
+    }
+    out = tmp_path / "profile.md"
+    write_markdown(res, out)
+    text = out.read_text()
+    assert "The engine-core process (vLLM's scheduler, beside the worker)" in text
+    assert "| serialisation | 2.00 | 0.50 | +1.50 |" in text
+    assert "| **engine core, all** | 6.00 | 4.00 | +2.00 |" in text
+
+
+def test_engine_core_samples_go_to_the_core_buckets(tmp_path):
+    raw = tmp_path / "core.txt"
+    loop = "EngineCoreProc.run_busy_loop (vllm/v1/engine/core.py:900)"
+    sched = "Scheduler.schedule (vllm/v1/core/sched/scheduler.py:300)"
+    enc = "MsgpackEncoder.encode (vllm/v1/serial_utils.py:120)"
+    raw.write_text(f"process;{loop};{sched} 5\nprocess;{loop};{enc} 3\nprocess;{loop} 2\n")
+    got = summarise(raw, CORE_BUCKETS)["buckets"]
+    assert got == {"scheduler": 5, "serialisation": 3, "engine-core loop, outputs": 2}
