@@ -52,7 +52,8 @@ def _workload(lora_ms: float, total: float) -> dict:
     }
 
 
-def test_the_table_has_a_difference_column_for_each_pair_of_workloads_run(tmp_path):
+def _render(tmp_path, workloads: dict) -> str:
+    """profile.md for these workloads (the other fields as a run writes them)."""
     res = {
         "command": "python -m bench.engine_profile --workloads sp-on,sp-none",
         "date": "today",
@@ -61,15 +62,20 @@ def test_the_table_has_a_difference_column_for_each_pair_of_workloads_run(tmp_pa
         "lora_ops": "project",
         "reps": 2,
         "window_s": 20.0,
-        "workloads": {"sp-none": _workload(2.0, 30.0), "sp-on": _workload(2.5, 31.5)},
+        "workloads": workloads,
     }
     out = tmp_path / "profile.md"
     write_markdown(res, out)
-    text = out.read_text()
+    return out.read_text()
+
+
+def test_the_table_has_a_difference_column_for_each_pair_of_workloads_run(tmp_path):
+    text = _render(tmp_path, {"sp-none": _workload(2.0, 30.0), "sp-on": _workload(2.5, 31.5)})
     assert "| part | sp-on | sp-none | sp-on − sp-none |" in text
     assert "| LoRA ops (project) | 2.50 | 2.00 | +0.50 |" in text
     assert "| **engine, all parts** | **31.50** | **30.00** | **+1.50** |" in text
     assert "mixed − base" not in text
+    assert "engine-core process" not in text  # not sampled: no table for it
 
 
 def test_the_engine_core_gets_its_own_table_when_it_was_sampled(tmp_path):
@@ -77,19 +83,7 @@ def test_the_engine_core_gets_its_own_table_when_it_was_sampled(tmp_path):
     on["engine_core_ms_per_token"], none["engine_core_ms_per_token"] = 6.0, 4.0
     on["engine_core_ms_per_token_by_part"] = {"scheduler": 4.0, "serialisation": 2.0}
     none["engine_core_ms_per_token_by_part"] = {"scheduler": 3.5, "serialisation": 0.5}
-    res = {
-        "command": "c",
-        "date": "d",
-        "machine": {},
-        "dtype": "float32",
-        "lora_ops": "project",
-        "reps": 1,
-        "window_s": 20.0,
-        "workloads": {"sp-none": none, "sp-on": on},
-    }
-    out = tmp_path / "profile.md"
-    write_markdown(res, out)
-    text = out.read_text()
+    text = _render(tmp_path, {"sp-none": none, "sp-on": on})
     assert "The engine-core process (vLLM's scheduler, beside the worker)" in text
     assert "| serialisation | 2.00 | 0.50 | +1.50 |" in text
     assert "| **engine core, all** | 6.00 | 4.00 | +2.00 |" in text
