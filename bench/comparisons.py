@@ -94,10 +94,9 @@ def ttft_interleaved_sides(a: Side, b: Side, n: int) -> dict[str, Any]:
                     else:
                         out[label].append(rec.first - rec.start)
 
-    first = a[1]
-    s0 = snapshot(first, SERVERS or [a[1], b[1]])
+    s0 = snapshot(a[1], SERVERS or [a[1], b[1]])
     asyncio.run(go())
-    s1 = snapshot(first, SERVERS or [a[1], b[1]])
+    s1 = snapshot(a[1], SERVERS or [a[1], b[1]])
     busy_other = max(0.0, ((s1["machine"] - s0["machine"]) - (s1["ours"] - s0["ours"])) / (s1["t"] - s0["t"]))
     pairs = [(x, y) for x, y in zip(out[a[0]], out[b[0]], strict=True) if x == x and y == y]  # not NaN
     xs, ys = [x for x, _ in pairs], [y for _, y in pairs]

@@ -115,7 +115,8 @@ def engine_core_pid(server: Server) -> int | None:
 
 
 def summarise(raw: Path, buckets: list[tuple[str, tuple[str, ...]]] | None = None) -> dict[str, Any]:
-    """Active samples of the worker's main thread (py-spy leaves idle stacks out), per bucket."""
+    """Active samples of the main thread (py-spy leaves idle stacks out), per bucket of `buckets`
+    (default BUCKETS, the worker's parts)."""
     counts: dict[str, int] = {}
     threads: dict[str, int] = {}
     for line in raw.read_text().splitlines():
@@ -126,7 +127,7 @@ def summarise(raw: Path, buckets: list[tuple[str, tuple[str, ...]]] | None = Non
         threads[frames[0]] = threads.get(frames[0], 0) + int(count)
         if not any("worker_busy_loop" in f or "run_busy_loop" in f for f in frames):
             continue  # the I/O threads (sockets, serialisation) are not the step
-        b = bucket_of(frames, buckets or BUCKETS)
+        b = bucket_of(frames, buckets)
         counts[b] = counts.get(b, 0) + int(count)
     return {"buckets": counts, "samples_by_thread": threads}
 

@@ -1,4 +1,5 @@
-"""bench/report.py: the committed results.json renders, and section 3 shows the single-request probe."""
+"""bench/report.py: a run's results (a fixture cut from a real run: the header and section 3) render,
+and section 3 shows the single-request probe."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from bench.report import write_markdown
 
 pytestmark = pytest.mark.unit
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.json"
+RESULTS = Path(__file__).resolve().parents[1] / "fixtures" / "bench" / "results-soft-prompt.json"
 
 
 def test_section_3_shows_what_a_soft_prompt_adds_to_one_request(tmp_path):
