@@ -8,6 +8,7 @@ per-side statistics and the ratios A / B, preferring pairs that saw the same loa
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +31,26 @@ def ms(x: float | None) -> float | None:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
+
+
+def median_interval(xs: list[float], level: float = 0.95) -> dict[str, Any] | None:
+    """A distribution-free confidence interval for the median of `xs`: the order statistics
+    x(k) and x(n-k+1) (sorted, 1-based) with the largest k whose coverage,
+    1 - 2 P(Binomial(n, 1/2) < k), is at least `level`. It assumes only that the values are
+    independent draws of one distribution. With few values no k reaches `level`: the interval is
+    then the whole range, and `coverage` says what it does cover (87.5 % with 4 values)."""
+    if not xs:
+        return None
+    v = sorted(xs)
+    n = len(v)
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return {"lo": round(v[k - 1], 3), "hi": round(v[n - k], 3), "coverage": round(coverage(k), 3), "level": level}
 
 
 def wait_idle(server: Server, timeout: float = 15.0) -> None:
@@ -179,6 +200,7 @@ def paired(
         "ratios_from": "matched pairs" if use is good else "all pairs",
         "throughput_ratio": med(tput(use)),
         "throughput_ratio_range": [round(min(tput(use)), 3), round(max(tput(use)), 3)] if tput(use) else None,
+        "throughput_ratio_median_ci": median_interval(tput(use)),
         "throughput_ratio_all_pairs": med(tput(pairs)),
         "throughput_ratio_runs": [round(x, 3) for x in tput(pairs)],
         "ttft_p50_ratio": med(ttft(use)),

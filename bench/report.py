@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from . import membw
+from . import goals, membw
 from .comparisons import IDLE_SPIN_S
 
 
@@ -41,6 +41,7 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         "OpenMP spinning, which grows when other jobs take the cores.",
         "",
     ]
+    lines += goals.markdown(res)
     g = res.get("gateway_vs_vllm")
     if g and "by_clients" in g:
         lines += [

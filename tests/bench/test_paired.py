@@ -44,3 +44,6 @@ def test_the_order_is_reversed_every_other_pair_and_ratios_pair_the_same_rep():
     # the drift cancels in the median of the pairs, where A-first-always would read about 1.06
     assert out["throughput_ratio"] == pytest.approx(1.0, abs=0.01)
     assert out["ratio_is"] == "a / b"
+    # 4 pairs: the interval of their median is their whole range, which covers it with 87.5 %
+    lo, hi = min(out["throughput_ratio_runs"]), max(out["throughput_ratio_runs"])
+    assert out["throughput_ratio_median_ci"] == {"lo": lo, "hi": hi, "coverage": 0.875, "level": 0.95}
