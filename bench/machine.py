@@ -49,19 +49,20 @@ def machine_facts() -> dict[str, Any]:
 
 
 def other_processes(exclude: set[int]) -> list[str]:
-    """The busiest processes not started by the benchmark (the machine is shared)."""
+    """The busiest processes not started by the benchmark (the machine is shared); not the `ps`
+    that lists them, which reads as 100 % busy in its own first instants."""
     try:
         out = subprocess.run(
-            ["ps", "-eo", "pid,pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True, text=True, timeout=10
+            ["ps", "-eo", "pid,ppid,pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True, text=True, timeout=10
         ).stdout.splitlines()[1:]
     except Exception:
         return []
     rows = []
     for line in out:
-        parts = line.split(None, 4)
-        if len(parts) < 5 or int(parts[0]) in exclude or float(parts[1]) < 10:
+        parts = line.split(None, 5)
+        if len(parts) < 6 or int(parts[0]) in exclude or int(parts[1]) == os.getpid() or float(parts[2]) < 10:
             continue
-        rows.append(f"pid {parts[0]} cpu {parts[1]}% (since start) {parts[4][:100]}")
+        rows.append(f"pid {parts[0]} cpu {parts[2]}% (since start) {parts[5][:100]}")
     return rows[:5]
 
 
