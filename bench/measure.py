@@ -18,7 +18,7 @@ import httpx
 
 from .load import LoadResult, pct, run_load
 from .plan import Plan
-from .servers import BASE_ID, Server, snapshot
+from .servers import BASE_ID, ENGINE_COUNTERS, Server, snapshot
 
 SERVERS: list[Server] = []  # every server started, for the CPU snapshots (filled by bench.run)
 MATCH_CORES = 0.25  # two runs are "matched" when other jobs took within this many cores of each other
@@ -127,6 +127,12 @@ def side_stats(results: list[LoadResult]) -> dict[str, Any]:
         k: sum(r.probes[1][k] - r.probes[0][k] for r in results if len(r.probes) == 2 and r.probes[0])
         for k in ("api", "engine")
     }
+    work = {
+        k: sum(r.probes[1].get(k, 0.0) - r.probes[0].get(k, 0.0) for r in results if len(r.probes) == 2 and r.probes[0])
+        for k in ENGINE_COUNTERS
+    }
+    prompt, cached, _ = (work[k] for k in ENGINE_COUNTERS)
+    prompts = [rec.prompt_tokens for r in results for _, rec in r.records if rec.prompt_tokens]
     return {
         "tokens_per_s": round(statistics.median(tps), 2),
         "tokens_per_s_runs": [round(x, 2) for x in tps],
@@ -143,6 +149,10 @@ def side_stats(results: list[LoadResult]) -> dict[str, Any]:
         "mean_completion_tokens": round(statistics.mean(mct), 1) if mct else None,
         "api_cpu_ms_per_token": round(cpu["api"] * 1000 / tokens, 2) if tokens else None,
         "engine_cpu_ms_per_token": round(cpu["engine"] * 1000 / tokens, 2) if tokens else None,
+        # the engine's work, counted, not timed: a request's prompt positions (its usage; soft-prompt
+        # vectors included) and the share vLLM served from the prefix cache in the windows
+        "mean_prompt_tokens": round(statistics.mean(prompts), 1) if prompts else None,
+        "prompt_cached_share": round(cached / prompt, 3) if prompt else None,
         "requests_finished": sum(r.requests_finished for r in results),
         "failures": sum(len(r.failures) for r in results),
         "failure_examples": [f for r in results for f in r.failures][:3],
@@ -212,6 +222,7 @@ def paired(
         "itl_p50_ratio": ratio(sa["itl_p50_ms"], sb["itl_p50_ms"]),
         "api_cpu_per_token_ratio": ratio(sa["api_cpu_ms_per_token"], sb["api_cpu_ms_per_token"]),
         "engine_cpu_per_token_ratio": ratio(sa["engine_cpu_ms_per_token"], sb["engine_cpu_ms_per_token"]),
+        "mean_prompt_tokens_ratio": ratio(sa["mean_prompt_tokens"], sb["mean_prompt_tokens"]),
         "ratio_is": f"{a[0]} / {b[0]}",
     }
 

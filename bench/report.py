@@ -158,6 +158,19 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                 f"{r['repetitions']} ({r.get('pairs_matched', '-')}) | {a['failures']} / {b['failures']} |"
             )
         lines += ["", "3a sends the same base-model prompts as embeddings (no soft prompt) or as token ids."]
+        counted = [
+            f"{label.split('.')[0]} {a['mean_prompt_tokens']} / {b['mean_prompt_tokens']} "
+            f"(from the prefix cache {_pct(a.get('prompt_cached_share'))} / {_pct(b.get('prompt_cached_share'))})"
+            for label, a, b, r in rows
+            if a.get("mean_prompt_tokens") and b.get("mean_prompt_tokens")
+        ]
+        if counted:
+            lines += [
+                "",
+                "The prompt work, counted rather than timed: prompt positions per request, A / B (the answers' "
+                "usage; a soft prompt's vectors count), and the share of prompt positions vLLM served from its "
+                "prefix cache in the windows (its counters): " + "; ".join(counted) + ".",
+            ]
         for key, label, (x, y) in (
             ("soft_prompt_on_vs_none", "3b", ("on", "none")),
             ("soft_prompt_only_vs_base", "3c", ("expert", "base")),

@@ -168,14 +168,40 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+# vLLM's counters of the engine's work (tokens), read from a server's /metrics: the prompt positions
+# the engine computed are `prompt_tokens - prompt_tokens_cached`, whatever the machine's speed
+ENGINE_COUNTERS = ("vllm:prompt_tokens_total", "vllm:prompt_tokens_cached_total", "vllm:generation_tokens_total")
+
+
+def engine_counters(server: Server) -> dict[str, float]:
+    """ENGINE_COUNTERS summed over their label sets; {} when /metrics does not answer."""
+    try:
+        text = httpx.get(server.url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    out = dict.fromkeys(ENGINE_COUNTERS, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in out:
+            with contextlib.suppress(ValueError):
+                out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def snapshot(server: Server, everyone: list[Server]) -> dict[str, float]:
     """CPU so far of `server` (api, engine), of all our processes (`ours`: every server and this process),
     and of the whole machine (`machine`), with the time: deltas between two snapshots give the CPU that
-    other jobs took meanwhile (`machine - ours`)."""
+    other jobs took meanwhile (`machine - ours`); and the server's engine counters (ENGINE_COUNTERS)."""
     procs = _scan_proc()
     mine = _tree_cpu(server, procs)
     ours = sum(sum(_tree_cpu(s, procs).values()) for s in everyone) + sum(os.times()[:2])
-    return {**mine, "ours": ours, "machine": machine_busy_seconds(), "t": time.perf_counter()}
+    return {
+        **mine,
+        "ours": ours,
+        "machine": machine_busy_seconds(),
+        "t": time.perf_counter(),
+        **engine_counters(server),
+    }
 
 
 def gateway(

@@ -37,3 +37,17 @@ def test_section_3_shows_what_a_soft_prompt_adds_to_one_request(tmp_path):
     assert "3b, one request at a time (24 per side interleaved" in text
     assert "TTFT p50 on 285.2 ms / none 272.5 ms (ratio **1.047**; median paired difference 12.7 ms)" in text
     assert "3c, one request at a time" not in text  # a failed probe is not shown as a result
+
+
+def test_section_3_shows_the_prompt_work_counted_where_the_run_has_it(tmp_path):
+    res = copy.deepcopy(json.loads(RESULTS.read_text()))
+    r = res["soft_prompt_path"]["soft_prompt_on_vs_none"]
+    r["on"] |= {"mean_prompt_tokens": 52.5, "prompt_cached_share": 0.0}
+    r["none"] |= {"mean_prompt_tokens": 46.5, "prompt_cached_share": 0.0}
+    out = tmp_path / "results.md"
+    write_markdown(res, out)
+    line = next(x for x in out.read_text().splitlines() if x.startswith("The prompt work, counted"))
+    assert line.endswith(
+        "prefix cache in the windows (its counters): 3b 52.5 / 46.5 (from the prefix cache 0.0% / 0.0%)."
+    )
+    # the fixture's 3a and 3c runs predate the counts: no line for them
