@@ -131,7 +131,7 @@ def side_stats(results: list[LoadResult]) -> dict[str, Any]:
         k: sum(r.probes[1].get(k, 0.0) - r.probes[0].get(k, 0.0) for r in results if len(r.probes) == 2 and r.probes[0])
         for k in ENGINE_COUNTERS
     }
-    prompt, cached, _ = (work[k] for k in ENGINE_COUNTERS)
+    prompt, cached = (work[k] for k in ENGINE_COUNTERS)
     prompts = [rec.prompt_tokens for r in results for _, rec in r.records if rec.prompt_tokens]
     return {
         "tokens_per_s": round(statistics.median(tps), 2),

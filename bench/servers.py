@@ -168,9 +168,9 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-# vLLM's counters of the engine's work (tokens), read from a server's /metrics: the prompt positions
-# the engine computed are `prompt_tokens - prompt_tokens_cached`, whatever the machine's speed
-ENGINE_COUNTERS = ("vllm:prompt_tokens_total", "vllm:prompt_tokens_cached_total", "vllm:generation_tokens_total")
+# vLLM's counters of the engine's prompt work (tokens), read from a server's /metrics: of the prompt
+# positions it took in, those it served from the prefix cache; counts, whatever the machine's speed
+ENGINE_COUNTERS = ("vllm:prompt_tokens_total", "vllm:prompt_tokens_cached_total")
 
 
 def engine_counters(server: Server) -> dict[str, float]:

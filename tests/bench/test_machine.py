@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,30 @@ def test_other_processes_leaves_out_the_benchmark_and_its_own_ps(monkeypatch):
         subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=listing + "\n", stderr="")
     )
     assert machine.other_processes({me}) == ["pid 90002 cpu 55.0% (since start) some-other-job --busy"]
+
+
+def test_engine_counters_sum_label_sets_and_only_the_named_series(monkeypatch):
+    from bench import servers
+
+    text = "\n".join(
+        [
+            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
+            "# TYPE vllm:prompt_tokens_total counter",
+            'vllm:prompt_tokens_total{engine="0",model_name="m"} 100.0',
+            'vllm:prompt_tokens_total{engine="1",model_name="m"} 20.0',
+            'vllm:prompt_tokens_by_source_total{engine="0",source="local_compute"} 999.0',
+            'vllm:prompt_tokens_cached_total{engine="0",model_name="m"} 30.0',
+            'vllm:prompt_tokens_cached_created{engine="0",model_name="m"} 1.7e9',
+        ]
+    )
+
+    class Reply:
+        def __init__(self, body: str) -> None:
+            self.text = body
+
+    monkeypatch.setattr(servers.httpx, "get", lambda *a, **k: Reply(text))
+    server = servers.Server(name="s", kind="gateway", cmd=[], env={}, port=1, log_path=Path("/dev/null"))
+    assert servers.engine_counters(server) == {
+        "vllm:prompt_tokens_total": 120.0,
+        "vllm:prompt_tokens_cached_total": 30.0,
+    }
