@@ -69,6 +69,15 @@ class Settings(BaseSettings):
         "environment variable EXPERT_LORA_OPS.",
     )
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences the engine schedules at once.")
+    kv_block_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=256,
+        multiple_of=16,
+        description="Tokens per KV-cache block, the unit prefix caching reuses. Unset: vLLM's platform default "
+        "(128 on a CPU, where a shared prefix shorter than 128 tokens is never reused; the CPU backend prefers "
+        "multiples of 32).",
+    )
     tool_parser: str | None = Field(
         default=None,
         max_length=64,

@@ -259,6 +259,8 @@ class Service:
             "enforce_eager": s.enforce_eager,
             "max_num_seqs": s.max_num_seqs,
         }
+        if s.kv_block_size is not None:
+            args["block_size"] = s.kv_block_size
         args.update(plan.engine_args)
         return args
 

@@ -28,3 +28,12 @@ def test_an_explicit_dtype_and_a_gpu_keep_the_setting(monkeypatch):
     assert Settings(dtype="bfloat16").engine_dtype("cpu") == "bfloat16"
     assert Settings(dtype="float16").engine_dtype("cpu") == "float16"
     assert Settings().engine_dtype("cuda") == "auto"  # vLLM chooses on a GPU
+
+
+def test_the_kv_block_size_reaches_the_engine_only_when_set(monkeypatch):
+    monkeypatch.delenv("EXPERT_KV_BLOCK_SIZE", raising=False)
+    assert "block_size" not in Service(Settings()).engine_args(EnginePlan())  # vLLM's platform default
+    assert Service(Settings(kv_block_size=32)).engine_args(EnginePlan())["block_size"] == 32
+    for bad in (8, 24, 512):
+        with pytest.raises(ValueError, match="kv_block_size"):
+            Settings(kv_block_size=bad)
