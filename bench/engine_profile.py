@@ -246,10 +246,6 @@ def run(plan: Plan, server: Server, reps: int, window_s: float, out_dir: Path, n
 def write_markdown(res: dict[str, Any], path: Path) -> None:
     w = res["workloads"]
     names = [n for n in workloads() if n in w]
-    buckets = sorted(
-        {b for n in names for b in w[n]["ms_per_token"]},
-        key=lambda b: -max(w[n]["ms_per_token"].get(b, 0) for n in names),
-    )
     diffs = [(a, b) for a, b in DIFFERENCES if a in w and b in w]
     lines = [
         "# Engine profile: where a generated token's time goes",
@@ -261,40 +257,38 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         "Milliseconds of the model-running thread per generated token, by the innermost part of the engine "
         "on the stack (time in torch's C++ code is charged to the Python frame that called it).",
         "",
-        "| part | " + " | ".join(names) + "".join(f" | {a} − {b}" for a, b in diffs) + " |",
-        "|---|" + "---:|" * (len(names) + len(diffs)),
     ]
-    for bucket in buckets:
-        cells = [f"{w[n]['ms_per_token'].get(bucket, 0):.2f}" for n in names]
-        cells += [f"{w[a]['ms_per_token'].get(bucket, 0) - w[b]['ms_per_token'].get(bucket, 0):+.2f}" for a, b in diffs]
-        lines.append(f"| {bucket} | " + " | ".join(cells) + " |")
-    total = [f"**{w[n]['engine_ms_per_token']:.2f}**" for n in names]
-    total += [f"**{w[a]['engine_ms_per_token'] - w[b]['engine_ms_per_token']:+.2f}**" for a, b in diffs]
-    lines.append("| **engine, all parts** | " + " | ".join(total) + " |")
-    if any(w[n].get("engine_core_ms_per_token_by_part") for n in names):
-        core_parts = sorted(
-            {b for n in names for b in w[n].get("engine_core_ms_per_token_by_part", {})},
-            key=lambda b: -max(w[n].get("engine_core_ms_per_token_by_part", {}).get(b, 0) for n in names),
+
+    def table(by_part: str, total: str, total_label: str, bold_total: bool) -> list[str]:
+        """A row per part (largest first) and a total row; a column per workload, then per difference."""
+
+        def value(n: str, part: str | None) -> float:
+            return float(w[n].get(total, 0) if part is None else w[n].get(by_part, {}).get(part, 0))
+
+        parts = sorted(
+            {p for n in names for p in w[n].get(by_part, {})}, key=lambda p: -max(value(n, p) for n in names)
         )
+        rows = [
+            "| part | " + " | ".join(names) + "".join(f" | {a} − {b}" for a, b in diffs) + " |",
+            "|---|" + "---:|" * (len(names) + len(diffs)),
+        ]
+        for part in [*parts, None]:
+            cells = [f"{value(n, part):.2f}" for n in names] + [
+                f"{value(a, part) - value(b, part):+.2f}" for a, b in diffs
+            ]
+            if part is None and bold_total:
+                cells = [f"**{c}**" for c in cells]
+            rows.append(f"| {part or total_label} | " + " | ".join(cells) + " |")
+        return rows
+
+    lines += table("ms_per_token", "engine_ms_per_token", "**engine, all parts**", bold_total=True)
+    if any(w[n].get("engine_core_ms_per_token_by_part") for n in names):
         lines += [
             "",
             "The engine-core process (vLLM's scheduler, beside the worker), its main thread, ms per generated token:",
             "",
-            "| part | " + " | ".join(names) + "".join(f" | {a} − {b}" for a, b in diffs) + " |",
-            "|---|" + "---:|" * (len(names) + len(diffs)),
+            *table("engine_core_ms_per_token_by_part", "engine_core_ms_per_token", "**engine core, all**", False),
         ]
-
-        def core(n: str, part: str | None) -> float:
-            if part is None:
-                return float(w[n].get("engine_core_ms_per_token", 0))
-            return float(w[n].get("engine_core_ms_per_token_by_part", {}).get(part, 0))
-
-        for part in [*core_parts, None]:
-            cells = [f"{core(n, part):.2f}" for n in names] + [
-                f"{core(a, part) - core(b, part):+.2f}" for a, b in diffs
-            ]
-            label = part or "**engine core, all**"
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| workload | tokens/s | ITL p50 ms | engine busy |",
