@@ -14,11 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from .load import LoadResult, pct, run_load
 from .plan import Plan
-from .servers import BASE_ID, ENGINE_COUNTERS, Server, snapshot
+from .servers import BASE_ID, ENGINE_COUNTERS, Server, metric_sums, snapshot
 
 SERVERS: list[Server] = []  # every server started, for the CPU snapshots (filled by bench.run)
 MATCH_CORES = 0.25  # two runs are "matched" when other jobs took within this many cores of each other
@@ -58,21 +56,13 @@ def wait_idle(server: Server, timeout: float = 15.0) -> None:
     deadline = time.perf_counter() + timeout
     time.sleep(0.3)
     while time.perf_counter() < deadline:
-        try:
-            text = httpx.get(server.url + "/metrics", timeout=5).text
-            busy = 0.0
-            seen = False
-            for line in text.splitlines():
-                if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                    busy += float(line.rsplit(" ", 1)[1])
-                    seen = True
-            if seen and busy == 0:
+        queues = metric_sums(server, ("vllm:num_requests_running", "vllm:num_requests_waiting"))
+        if queues is not None:
+            if queues and sum(queues.values()) == 0:
                 break
-            if not seen:
+            if not queues:  # a server without these gauges: wait a little, then go on
                 time.sleep(1.0)
                 break
-        except (httpx.HTTPError, ValueError):
-            pass
         time.sleep(0.3)
     time.sleep(0.5)
 

@@ -173,19 +173,26 @@ def machine_busy_seconds() -> float:
 ENGINE_COUNTERS = ("vllm:prompt_tokens_total", "vllm:prompt_tokens_cached_total")
 
 
-def engine_counters(server: Server) -> dict[str, float]:
-    """ENGINE_COUNTERS summed over their label sets; {} when /metrics does not answer."""
+def metric_sums(server: Server, names: tuple[str, ...]) -> dict[str, float] | None:
+    """The series of `names` on the server's /metrics, each summed over its label sets; a name the
+    server does not export is absent; None when /metrics does not answer."""
     try:
         text = httpx.get(server.url + "/metrics", timeout=5).text
     except httpx.HTTPError:
-        return {}
-    out = dict.fromkeys(ENGINE_COUNTERS, 0.0)
+        return None
+    out: dict[str, float] = {}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in out:
+        if name in names:
             with contextlib.suppress(ValueError):
-                out[name] += float(line.rsplit(" ", 1)[1])
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
+
+
+def engine_counters(server: Server) -> dict[str, float]:
+    """ENGINE_COUNTERS summed over their label sets (0 where not exported); {} when /metrics does not answer."""
+    sums = metric_sums(server, ENGINE_COUNTERS)
+    return {} if sums is None else {k: sums.get(k, 0.0) for k in ENGINE_COUNTERS}
 
 
 def snapshot(server: Server, everyone: list[Server]) -> dict[str, float]:

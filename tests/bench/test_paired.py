@@ -47,3 +47,29 @@ def test_the_order_is_reversed_every_other_pair_and_ratios_pair_the_same_rep():
     # 4 pairs: the interval of their median is their whole range, which covers it with 87.5 %
     lo, hi = min(out["throughput_ratio_runs"]), max(out["throughput_ratio_runs"])
     assert out["throughput_ratio_median_ci"] == {"lo": lo, "hi": hi, "coverage": 0.875, "level": 0.95}
+
+
+def test_wait_idle_polls_the_queue_gauges_until_both_are_empty(monkeypatch):
+    from bench import measure
+
+    replies = iter(
+        [
+            None,
+            {"vllm:num_requests_running": 3.0, "vllm:num_requests_waiting": 1.0},
+            {
+                "vllm:num_requests_running": 0.0,
+                "vllm:num_requests_waiting": 0.0,
+            },
+        ]
+    )
+    asked: list[tuple[str, ...]] = []
+
+    def sums(server, names):
+        asked.append(names)
+        return next(replies)
+
+    monkeypatch.setattr(measure, "metric_sums", sums)
+    monkeypatch.setattr(measure.time, "sleep", lambda s: None)
+    measure.wait_idle(object())  # type: ignore[arg-type]
+    # no answer, then busy, then idle: three reads, and none after the idle one
+    assert asked == [("vllm:num_requests_running", "vllm:num_requests_waiting")] * 3
