@@ -117,10 +117,11 @@ def side_stats(results: list[LoadResult]) -> dict[str, Any]:
         k: sum(r.probes[1][k] - r.probes[0][k] for r in results if len(r.probes) == 2 and r.probes[0])
         for k in ("api", "engine")
     }
-    work = {
-        k: sum(r.probes[1].get(k, 0.0) - r.probes[0].get(k, 0.0) for r in results if len(r.probes) == 2 and r.probes[0])
-        for k in ENGINE_COUNTERS
-    }
+    # windows whose /metrics answered at both edges (a failed read would count the counter from zero)
+    counted = [
+        r for r in results if len(r.probes) == 2 and all(p and all(k in p for k in ENGINE_COUNTERS) for p in r.probes)
+    ]
+    work = {k: sum(r.probes[1][k] - r.probes[0][k] for r in counted) for k in ENGINE_COUNTERS}
     prompt, cached = (work[k] for k in ENGINE_COUNTERS)
     prompts = [rec.prompt_tokens for r in results for _, rec in r.records if rec.prompt_tokens]
     return {

@@ -73,3 +73,19 @@ def test_wait_idle_polls_the_queue_gauges_until_both_are_empty(monkeypatch):
     measure.wait_idle(object())  # type: ignore[arg-type]
     # no answer, then busy, then idle: three reads, and none after the idle one
     assert asked == [("vllm:num_requests_running", "vllm:num_requests_waiting")] * 3
+
+
+def test_the_prefix_cache_share_leaves_out_a_window_whose_metrics_read_failed():
+    from bench.measure import side_stats
+
+    def window(edges: list[dict]) -> LoadResult:
+        r = _result(100.0)
+        r.probes = [
+            {"api": 0.0, "engine": 0.0, "ours": 0.0, "machine": 0.0, "t": float(i), **e} for i, e in enumerate(edges)
+        ]
+        return r
+
+    c = ("vllm:prompt_tokens_total", "vllm:prompt_tokens_cached_total")
+    good = window([{c[0]: 1000.0, c[1]: 100.0}, {c[0]: 1400.0, c[1]: 300.0}])  # 400 positions, 200 cached
+    failed = window([{}, {c[0]: 9000.0, c[1]: 0.0}])  # /metrics did not answer when the window opened
+    assert side_stats([good, failed])["prompt_cached_share"] == 0.5
