@@ -36,11 +36,11 @@ def judge(res: dict[str, Any]) -> list[dict[str, Any]]:
     for name, path, key, at_least, threshold in GOALS:
         r = _dig(res, path)
         value = r.get(key) if r else None
-        if value is None:
+        if r is None or value is None:
             continue
-        ci = r.get(f"{key}_median_ci") if r else None
-        runs = (r or {}).get(f"{key}_runs")
-        if ci is None and runs and (r or {}).get("pairs_matched") in (None, len(runs)):
+        ci = r.get(f"{key}_median_ci")
+        runs = r.get(f"{key}_runs")
+        if ci is None and runs and r.get("pairs_matched") in (None, len(runs)):
             ci = median_interval(runs)  # results written before the interval was, every pair used
         met = value >= threshold if at_least else value <= threshold
         interval = None
