@@ -12,7 +12,18 @@ from server.settings import Settings, detect_platform
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """The settings from the environment and the command's flags; an invalid one ends the command with
+    its variable's name and what is wrong (exit status 2), not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"EXPERT_{str(e['loc'][0]).upper() if e['loc'] else '?'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"expert: invalid setting: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
