@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated sections to run (gateway_vs_vllm, lora_vs_base, experts_mixed, soft_prompt_path, "
         "reload, profile; default: all), e.g. for a short check; only the servers they use are started",
     )
+    ap.add_argument(
+        "--kv-block-size",
+        type=int,
+        metavar="N",
+        help="tokens per KV-cache block on every server (EXPERT_KV_BLOCK_SIZE / --block-size; default: "
+        "vLLM's platform default, 128 on a CPU, where prompts shorter than a block never hit the prefix cache)",
+    )
     args = ap.parse_args(argv)
     only = {x.strip() for x in args.only.split(",") if x.strip()} if args.only else None
     if only is not None:
@@ -77,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(
                 f"--only: unknown section {', '.join(unknown) or '(none given)'}; known: {', '.join(SECTION_SERVERS)}"
             )
+    if args.kv_block_size is not None and not (16 <= args.kv_block_size <= 256 and args.kv_block_size % 16 == 0):
+        ap.error("--kv-block-size: a multiple of 16 from 16 to 256 (the gateway's EXPERT_KV_BLOCK_SIZE bounds)")
     plan = Plan.make(args.quick, args.profile)
-    cfg = EngineConfig()
+    cfg = EngineConfig(kv_block_size=args.kv_block_size)
     t_start = time.perf_counter()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -103,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             "engine_args": f"max_model_len {cfg.max_model_len}, LoRA on (max_loras {cfg.max_loras}, "
             f"max_cpu_loras {cfg.max_cpu_loras}, max_lora_rank {cfg.max_lora_rank}), "
             f"prompt embeds on, enforce_eager, max_num_seqs {cfg.max_num_seqs}, "
-            "prefix caching on, VLLM_CPU_KVCACHE_SPACE=1",
+            "prefix caching on, VLLM_CPU_KVCACHE_SPACE=1, KV block size "
+            f"{cfg.kv_block_size if cfg.kv_block_size is not None else 'vLLM default (128 on a CPU)'}",
         },
     }
     work = Path(tempfile.mkdtemp(prefix="expert-bench-"))

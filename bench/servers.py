@@ -33,6 +33,7 @@ class EngineConfig:
     max_cpu_loras: int = 16
     max_lora_rank: int = 16
     max_num_seqs: int = 64
+    kv_block_size: int | None = None  # None: vLLM's platform default (128 on a CPU)
 
 
 def free_port() -> int:
@@ -233,6 +234,8 @@ def gateway(
             "EXPERT_LORA_OPS": lora_ops,
         }
     )
+    if cfg.kv_block_size is not None:
+        env["EXPERT_KV_BLOCK_SIZE"] = str(cfg.kv_block_size)
     cmd = [str(VENV_BIN / "expert"), "serve", "--experts-dir", str(experts_dir), "--port", str(port)]
     return Server(name, "gateway", cmd, env, port, logs / f"{name}.log")
 
@@ -270,6 +273,8 @@ def vllm_server(
         str(cfg.max_num_seqs),
         "--enable-prefix-caching",
     ]
+    if cfg.kv_block_size is not None:
+        cmd += ["--block-size", str(cfg.kv_block_size)]
     if lora_modules:
         cmd += ["--lora-modules", *[f"{k}={v}" for k, v in lora_modules.items()]]
     return Server(name, "vllm", cmd, clean_env({}), port, logs / f"{name}.log")
