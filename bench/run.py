@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(
                 f"--only: unknown section {', '.join(unknown) or '(none given)'}; known: {', '.join(SECTION_SERVERS)}"
             )
-    if args.kv_block_size is not None and not (16 <= args.kv_block_size <= 256 and args.kv_block_size % 16 == 0):
-        ap.error("--kv-block-size: a multiple of 16 from 16 to 256 (the gateway's EXPERT_KV_BLOCK_SIZE bounds)")
+    if args.kv_block_size is not None and not (32 <= args.kv_block_size <= 256 and args.kv_block_size % 32 == 0):
+        ap.error("--kv-block-size: a multiple of 32 from 32 to 256 (EXPERT_KV_BLOCK_SIZE's bounds on a CPU)")
     plan = Plan.make(args.quick, args.profile)
     cfg = EngineConfig(kv_block_size=args.kv_block_size)
     t_start = time.perf_counter()

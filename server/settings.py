@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.manifest.embedded import EMBEDDED_MODEL_ID
@@ -75,8 +75,8 @@ class Settings(BaseSettings):
         le=256,
         multiple_of=16,
         description="Tokens per KV-cache block, the unit prefix caching reuses. Unset: vLLM's platform default "
-        "(128 on a CPU, where a shared prefix shorter than 128 tokens is never reused; the CPU backend prefers "
-        "multiples of 32).",
+        "(128 on a CPU, where a shared prefix shorter than 128 tokens is never reused). On a CPU a multiple of "
+        "32: vLLM's CPU attention kernels take no other size.",
     )
     tool_parser: str | None = Field(
         default=None,
@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(default=False, description="Access logs as JSON lines.")
 
+    @field_validator("kv_block_size")
+    @classmethod
+    def _kv_block_size_fits_the_platform(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # vLLM's CPU attention backend declares kernel block sizes MultipleOf(32) and refuses others
+        # when it is selected, so the engine would fail to start.
+        if value is not None and value % 32 and _platform(info.data.get("device", "auto")) == "cpu":
+            raise ValueError("on a CPU it must be a multiple of 32 (vLLM's CPU attention kernels)")
+        return value
+
     def lora_slots(self, adapters: int) -> int:
         """`max_loras` for an engine that starts with `adapters` LoRA experts."""
         if self.max_loras is not None:
@@ -155,8 +164,12 @@ class Settings(BaseSettings):
 
 def detect_platform(settings: Settings | None = None) -> str:
     """'cpu' or 'cuda': the setting when given, else which vLLM build is installed."""
-    if settings is not None and settings.device != "auto":
-        return settings.device
+    return _platform(settings.device if settings is not None else "auto")
+
+
+def _platform(device: str) -> str:
+    if device != "auto":
+        return device
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:

@@ -16,7 +16,7 @@ def test_an_unknown_section_is_refused_before_anything_starts(capsys):
     assert "unknown section nonsense" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", ["24", "0", "512"])
+@pytest.mark.parametrize("bad", ["16", "48", "0", "512"])
 def test_a_block_size_the_gateway_would_refuse_is_refused_before_anything_starts(bad, capsys):
     from bench.run import main
 

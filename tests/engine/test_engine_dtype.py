@@ -37,3 +37,12 @@ def test_the_kv_block_size_reaches_the_engine_only_when_set(monkeypatch):
     for bad in (8, 24, 512):
         with pytest.raises(ValueError, match="kv_block_size"):
             Settings(kv_block_size=bad)
+
+
+def test_a_kv_block_size_the_cpu_attention_kernels_refuse_is_refused_at_start(monkeypatch):
+    monkeypatch.delenv("EXPERT_KV_BLOCK_SIZE", raising=False)
+    for size in (16, 48):
+        with pytest.raises(ValueError, match="multiple of 32"):
+            Settings(device="cpu", kv_block_size=size)
+        assert Settings(device="cuda", kv_block_size=size).kv_block_size == size
+    assert Settings(device="cpu", kv_block_size=64).kv_block_size == 64
