@@ -1,8 +1,8 @@
 """Seeded data for the example expert `contact-extract`: English text about one person -> compact JSON.
 
-    python -m trainer.example_data OUT_DIR [--seed 0] [--train 3000] [--test 150] [--wide 3000]
+    python -m trainer.example_data OUT_DIR [--seed 0] [--train 3000] [--dev 150] [--wide 3000] [--test 300]
 
-writes OUT_DIR/train.jsonl and OUT_DIR/test.jsonl. Each row is a chat:
+writes OUT_DIR/train.jsonl, OUT_DIR/dev.jsonl and OUT_DIR/test.jsonl. Each row is a chat:
 
     {"messages": [{"role": "user", "content": "Extract name, age, city and job as JSON: <text>"},
                   {"role": "assistant", "content": "{\\"name\\": \\"Ana Silva\\", \\"age\\": 34, ...}"}]}
@@ -15,22 +15,27 @@ even when the text spells it out.
 The texts cover many phrasings: dozens of sentence shapes and clause orders, two-sentence texts,
 distractors (a year, a count, a second city that is not where the person lives or works), ages in
 words, titles, lowercase texts, and open vocabulary (names made from syllables, with hyphens,
-apostrophes and diacritics; multi-word cities and jobs). The test split never meets training:
-its sentence shapes, distractor phrasings, name syllables, city words and job words are all held
-out, and the script asserts that no test name, city, job or sentence occurs in training.
+apostrophes and diacritics; multi-word cities and jobs). The dev and test splits never meet
+training: each has its own sentence shapes, distractor phrasings, name syllables, city words, job
+words and titles, and the script asserts that no dev or test name, city, job or sentence occurs
+in training.
 
-Training rows come in two passes around the test split. The core pass (`--train`) uses the core
-sentence shapes and vocabulary; the test split is drawn next; the wide pass (`--wide`) then uses
+Training rows come in two passes around the dev split. The core pass (`--train`) uses the core
+sentence shapes and vocabulary; the dev split is drawn next; the wide pass (`--wide`) then uses
 more shapes: other clause orders, participial openers ("Based in X, ..."),
 distractor cities before and after the real one (born in, raised in, commutes to ...), field lists
-in other orders and hyphenated job modifiers, from its own seeded generator. So the test split
+in other orders and hyphenated job modifiers, from its own seeded generator. So the dev split
 does not depend on `--wide`, and `--wide 0` gives the core rows alone. The wide shapes were added
-after an error analysis of the core-only expert on this test split (it copied the distractor city,
-dropped hyphenated modifiers, and took the first field of a field list for the name): the test
-split is therefore no longer blind to those error classes, though its sentences and vocabulary
-still never occur in training. A second analysis (the expert dropped a held-out hyphenated modifier,
-took a former workplace named after the home city, and took a count for the age) added more
-modifiers and five shapes to the wide pass.
+after an error analysis of the core-only expert on the dev split (it copied the distractor city,
+dropped hyphenated modifiers, and took the first field of a field list for the name), and widened
+after a second one (the expert dropped a held-out hyphenated modifier, took a former workplace
+named after the home city, and took a count for the age): the dev split is therefore not blind to
+those error classes, though its sentences and vocabulary still never occur in training.
+
+The test split (`--test`) is the blind one: its shapes and words were written after both
+analyses and were never read against the expert's answers before it was scored. It comes from its
+own seeded generator and shares nothing with the core rows or the dev split, so it too does not
+depend on `--wide`.
 """
 
 from __future__ import annotations
@@ -137,7 +142,7 @@ WIDE_TRAIN_VOCAB = Vocabulary(
         ),
     }
 )
-TEST_VOCAB = Vocabulary(
+DEV_VOCAB = Vocabulary(
     onsets=("c", "h", "j", "p", "w", "z", "ch", "sh", "pl", "gr"),
     vowels=("a", "e", "i", "o", "u", "ou", "ie"),
     codas=("", "m", "k", "x", "nd", "sk"),
@@ -161,6 +166,34 @@ TEST_VOCAB = Vocabulary(
         "welder",
     ),
     titles=("Prof.", "Mrs."),
+)
+
+# The test split: shapes and words written after both error analyses, never used to guide training
+# or read against the expert's answers before the test split was scored.
+TEST_VOCAB = Vocabulary(
+    onsets=("y", "qu", "bl", "fr", "gw", "kr", "sn", "dr"),
+    vowels=("a", "e", "i", "o", "u", "oa", "ei"),
+    codas=("", "p", "ck", "lt", "rn", "ss"),
+    accented=("è", "í", "å", "ô"),
+    surname_prefixes=("Mc", "del ", "ter ", "le "),
+    city_heads=("East", "Little", "Glen", "Mount", ""),
+    city_roots=("Vellamy", "Brightwater", "Kilnsey", "Marrowdale", "Esterhold", "Fennick", "Wyndham", "Loxley"),
+    job_modifiers=("associate", "self-taught", "seasonal", "award-winning", ""),
+    jobs=(
+        "nutritionist",
+        "air traffic controller",
+        "locksmith",
+        "zookeeper",
+        "stonemason",
+        "court reporter",
+        "physiotherapist",
+        "beekeeper",
+        "tour guide",
+        "cartographer",
+        "firefighter",
+        "jeweller",
+    ),
+    titles=("Miss", "Mx."),
 )
 
 # Sentence shapes. {name} is the name as written (with its title when it has one), {age} the age as
@@ -236,7 +269,7 @@ WIDE_TEMPLATES = [
     "With {count} grandchildren and a house in {city}, {name} ({age}) is {a_job}.",
     "Raised in {other}, {name} is now {a_job} in {city} and {age} years old.",
 ]
-TEST_TEMPLATES = [
+DEV_TEMPLATES = [
     "{name} turned {age} this spring and is {a_job} in {city}.",
     "Living in {city}, {name} is {a_job} aged {age}.",
     "Everyone in {city} knows {name}, the {age}-year-old {job}.",
@@ -247,6 +280,22 @@ TEST_TEMPLATES = [
     "{name} is a {job} of {age} years who calls {city} home.",
     "You will find {name} in {city}; {name_short} is {a_job} and {age} years old.",
     "Born in {other}, {name} ({age}) is now {a_job} in {city}.",
+]
+
+# the test split's shapes (see TEST_VOCAB)
+TEST_TEMPLATES = [
+    "{name} is {age} and has been {a_job} in {city} since {year}.",
+    "Please meet {name}: {a_job} from {city}, {age} years of age.",
+    "{name} works in {city} as {a_job}. {name_short} is {age}.",
+    "Now {age}, {name} makes a living as {a_job} in {city}.",
+    "{name} grew up in {other} and, at {age}, works as {a_job} in {city}.",
+    "The {job} in this story is {name}, {age}, of {city}.",
+    "Person: {name}. Years: {age}. Town: {city}. Work: {job}.",
+    "{name} ({age}), {a_job}, visited {other} {count} times last year but lives in {city}.",
+    "Since {year}, {name} has lived in {city}; the {job} is {age} years old.",
+    "{name}, who is {age}, studied in {other} and now works as {a_job} in {city}.",
+    "A resident of {city}, {name} is {a_job}. {name_short} celebrated turning {age} with {count} friends.",
+    "Ask around {city} for {name}, {a_job} who is {age}.",
 ]
 
 ONES = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -336,12 +385,16 @@ def make_row(rng: random.Random, templates: list[str], v: Vocabulary) -> tuple[s
     return text, row, fields
 
 
-def make_sets(seed: int = 0, n_train: int = 3000, n_test: int = 150, n_wide: int = 0) -> tuple[list[dict], list[dict]]:
-    """(train, test): `n_train` core rows then `n_wide` wide rows, and `n_test` test rows drawn
-    between the two passes (so the test split does not depend on `n_wide`)."""
+def make_sets(
+    seed: int = 0, n_train: int = 3000, n_dev: int = 150, n_wide: int = 0, n_test: int = 0
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, dev, test): `n_train` core rows then `n_wide` wide rows; `n_dev` dev rows drawn
+    between the two passes (so the dev split does not depend on `n_wide`); and `n_test` test rows
+    from their own shapes and words and their own generator, sharing no name, city, job or text
+    with the core rows or the dev split (so the test split does not depend on `n_wide` either) and,
+    as asserted, none with the wide rows."""
     rng = random.Random(seed)
     train: list[dict] = []
-    test: list[dict] = []
     seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
     while len(train) < n_train:
         text, row, fields = make_row(rng, TRAIN_TEMPLATES, TRAIN_VOCAB)
@@ -350,32 +403,55 @@ def make_sets(seed: int = 0, n_train: int = 3000, n_test: int = 150, n_wide: int
             for key in ("name", "city", "job"):
                 seen[key].add(str(fields[key]).lower())
             train.append(row)
-    test_texts: set[str] = set()
-    test_fields: dict[str, set[str]] = {"name": set(), "city": set(), "job": set()}
-    while len(test) < n_test:
-        text, row, fields = make_row(rng, TEST_TEMPLATES, TEST_VOCAB)
-        # a test person shares no name, city or job with anyone in training
-        if text in test_texts or any(str(fields[k]).lower() in seen[k] for k in test_fields):
+    dev: list[dict] = []
+    dev_seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
+    while len(dev) < n_dev:
+        text, row, fields = make_row(rng, DEV_TEMPLATES, DEV_VOCAB)
+        # a dev person shares no name, city or job with anyone in training
+        if text in dev_seen["text"] or any(str(fields[k]).lower() in seen[k] for k in FIELDS):
             continue
-        test_texts.add(text)
-        for key in test_fields:
-            test_fields[key].add(str(fields[key]).lower())
+        _note(dev_seen, text, fields)
+        dev.append(row)
+    test: list[dict] = []
+    test_seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
+    test_rng = random.Random(f"{seed}-test")
+    while len(test) < n_test:
+        text, row, fields = make_row(test_rng, TEST_TEMPLATES, TEST_VOCAB)
+        if text in test_seen["text"] or any(
+            str(fields[k]).lower() in seen[k] or str(fields[k]).lower() in dev_seen[k] for k in FIELDS
+        ):
+            continue
+        _note(test_seen, text, fields)
         test.append(row)
     wide_rng = random.Random(f"{seed}-wide")
     wide: list[dict] = []
+    wide_seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
     while len(wide) < n_wide:
         text, row, fields = make_row(wide_rng, WIDE_TEMPLATES, WIDE_TRAIN_VOCAB)
         if (
             text in seen["text"]
-            or text in test_texts
-            or any(str(fields[k]).lower() in test_fields[k] for k in test_fields)
+            or text in dev_seen["text"]
+            or any(str(fields[k]).lower() in dev_seen[k] for k in FIELDS)
         ):
             continue
         seen["text"].add(text)
+        _note(wide_seen, text, fields)
         wide.append(row)
     train += wide
-    assert not (seen["text"] & test_texts), "a test text appears in the training set"
-    return train, test
+    assert not (seen["text"] & dev_seen["text"]), "a dev text appears in the training set"
+    assert not (seen["text"] & test_seen["text"]), "a test text appears in the training set"
+    for key in FIELDS:
+        assert not (wide_seen[key] & test_seen[key]), f"a test {key} appears in the wide pass"
+    return train, dev, test
+
+
+FIELDS = ("name", "city", "job")
+
+
+def _note(seen: dict[str, set[str]], text: str, fields: dict) -> None:
+    seen["text"].add(text)
+    for key in FIELDS:
+        seen[key].add(str(fields[key]).lower())
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -389,14 +465,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.example_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=3000, metavar="N")
-    parser.add_argument("--test", type=int, default=150, metavar="M")
+    parser.add_argument("--train", type=int, default=3000, metavar="N", help="rows of the core pass (default 3000)")
+    parser.add_argument("--dev", type=int, default=150, metavar="D", help="rows of the dev split (default 150)")
     parser.add_argument("--wide", type=int, default=3000, metavar="W", help="rows of the wide pass (default 3000)")
+    parser.add_argument("--test", type=int, default=300, metavar="M", help="rows of the test split (default 300)")
     args = parser.parse_args(argv)
-    train, test = make_sets(args.seed, args.train, args.test, args.wide)
-    write_jsonl(args.out_dir / "train.jsonl", train)
-    write_jsonl(args.out_dir / "test.jsonl", test)
-    print(f"wrote {len(train)} rows to {args.out_dir / 'train.jsonl'}, {len(test)} to {args.out_dir / 'test.jsonl'}")
+    train, dev, test = make_sets(args.seed, args.train, args.dev, args.wide, args.test)
+    splits = {"train": train, "dev": dev, "test": test}
+    for name, rows in splits.items():
+        write_jsonl(args.out_dir / f"{name}.jsonl", rows)
+    print("wrote " + ", ".join(f"{len(rows)} rows to {args.out_dir / name}.jsonl" for name, rows in splits.items()))
     return 0
 
 

@@ -76,17 +76,18 @@ def test_eval_scores_sql_by_execution_and_never_writes_the_database(tmp_path):
 
 def test_eval_of_a_soft_prompt_only_expert(tmp_path):
     failures = tmp_path / "failures.jsonl"
-    report = eval_json(REPO / "experts" / "contact-extract-prompt", 6, "--failures", str(failures))
+    # 12 cases: the soft prompt alone gets about a third of the test split right (1 of its first 6)
+    report = eval_json(REPO / "experts" / "contact-extract-prompt", 12, "--failures", str(failures))
     variants = report["variants"]
     # --failures: one line per case a variant got wrong, with what it answered and the target
     wrong = [json.loads(line) for line in failures.read_text().splitlines()]
     for name, r in variants.items():
         mine = [w for w in wrong if w["variant"] == name]
         assert len(mine) == r["n"] - r["correct"], name
-        assert all(1 <= w["case"] <= 6 and w["output"] != w["target"] and w["input"] for w in mine)
+        assert all(1 <= w["case"] <= 12 and w["output"] != w["target"] and w["input"] for w in mine)
     assert "failures" not in report
     assert list(variants) == ["base", "base+grammar", "soft_prompt", "soft_prompt+grammar"]
-    assert variants["soft_prompt+grammar"]["valid"] == 6  # the grammar admits only the task's JSON
+    assert variants["soft_prompt+grammar"]["valid"] == 12  # the grammar admits only the task's JSON
     assert variants["soft_prompt"]["correct"] > variants["base"]["correct"]
     assert [(c["a"], c["b"]) for c in report["comparisons"]][:3] == [
         ("base", "base+grammar"),

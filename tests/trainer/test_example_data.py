@@ -26,61 +26,82 @@ def text(row: dict) -> str:
 
 @pytest.fixture(scope="module")
 def contact_sets():
-    return example_data.make_sets(seed=3, n_train=600, n_test=80, n_wide=300)
+    return example_data.make_sets(seed=3, n_train=600, n_dev=80, n_wide=300, n_test=120)
 
 
-def test_contact_test_people_share_nothing_with_training(contact_sets):
-    train, test = contact_sets
+def test_contact_dev_and_test_people_share_nothing_with_training(contact_sets):
+    train, dev, test = contact_sets
+    for held_out in (dev, test):
+        for key in ("name", "city", "job"):
+            seen = {str(fields(r)[key]).lower() for r in train}
+            assert not any(str(fields(r)[key]).lower() in seen for r in held_out), key
+        assert not ({text(r) for r in train} & {text(r) for r in held_out})
+
+
+def test_contact_test_split_shares_nothing_with_the_dev_split(contact_sets):
+    _, dev, test = contact_sets
     for key in ("name", "city", "job"):
-        seen = {str(fields(r)[key]).lower() for r in train}
+        seen = {str(fields(r)[key]).lower() for r in dev}
         assert not any(str(fields(r)[key]).lower() in seen for r in test), key
-    assert not ({text(r) for r in train} & {text(r) for r in test})
+
+
+def test_each_split_has_its_own_sentence_shapes_and_words():
+    words = lambda v: set(v.city_roots) | set(v.jobs) | {m for m in v.job_modifiers if m} | set(v.titles)  # noqa: E731
+    vocabularies = [example_data.WIDE_TRAIN_VOCAB, example_data.DEV_VOCAB, example_data.TEST_VOCAB]
+    shapes = [example_data.TRAIN_TEMPLATES + example_data.WIDE_TEMPLATES, example_data.DEV_TEMPLATES]
+    shapes.append(example_data.TEST_TEMPLATES)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not (words(vocabularies[i]) & words(vocabularies[j])), (i, j)
+            assert not (set(shapes[i]) & set(shapes[j])), (i, j)
 
 
 def test_contact_targets_are_copied_from_the_text(contact_sets):
-    train, test = contact_sets
+    train, dev, test = contact_sets
     words = {w for w in example_data.ONES + example_data.TENS if w}
-    for row in train + test:
+    for row in train + dev + test:
         f, t = fields(row), text(row)
         assert list(f) == list(example_data.KEYS)
         for key in ("name", "city", "job"):
             assert f[key] in t, (key, f, t)
         assert str(f["age"]) in t or any(w in t for w in words), t
-        assert not f["name"].lower().startswith(("dr.", "ms.", "mr.", "prof.", "mrs.")), f
+        assert not f["name"].lower().startswith(("dr.", "ms.", "mr.", "prof.", "mrs.", "miss ", "mx.")), f
 
 
 def test_contact_data_covers_the_hard_cases(contact_sets):
-    train, _ = contact_sets
-    texts = [text(r) for r in train]
-    assert any(t == t.lower() for t in texts)  # lowercase
-    assert any(t.count(".") >= 2 and "." in t[:-1] for t in texts)  # two sentences
-    assert any(any(ch in t for ch in "áéöñ") for t in texts)  # diacritics
-    assert any("'" in fields(r)["name"] or "-" in fields(r)["name"] for r in train)
-    assert any(" " in fields(r)["city"] for r in train) and any(" " in fields(r)["job"] for r in train)
-    assert any(example_data.age_in_words(fields(r)["age"]) in text(r) for r in train)  # ages in words
-    assert any("-" in fields(r)["job"] for r in train)  # hyphenated job modifiers (wide pass)
+    train, _, test = contact_sets
+    for rows, accents in ((train, "áéöñ"), (test, "èíåô")):
+        texts = [text(r) for r in rows]
+        assert any(t == t.lower() for t in texts)  # lowercase
+        assert any(t.count(".") >= 2 and "." in t[:-1] for t in texts)  # two sentences
+        assert any(any(ch in t for ch in accents) for t in texts)  # diacritics
+        assert any("'" in fields(r)["name"] or "-" in fields(r)["name"] for r in rows)
+        assert any(" " in fields(r)["city"] for r in rows) and any(" " in fields(r)["job"] for r in rows)
+        assert any(example_data.age_in_words(fields(r)["age"]) in text(r) for r in rows)  # ages in words
+        assert any("-" in fields(r)["job"] for r in rows)  # hyphenated job modifiers
 
 
-def test_contact_test_split_does_not_depend_on_the_wide_pass(contact_sets):
-    core_train, core_test = example_data.make_sets(seed=3, n_train=600, n_test=80)
-    train, test = contact_sets
-    assert test == core_test
+def test_contact_dev_and_test_splits_do_not_depend_on_the_wide_pass(contact_sets):
+    core_train, core_dev, core_test = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_test=120)
+    train, dev, test = contact_sets
+    assert dev == core_dev and test == core_test
     assert train[:600] == core_train and len(train) == 900
     wide_texts = [text(r) for r in train[600:]]
     assert len(set(wide_texts)) == len(wide_texts)
 
 
-def test_the_shipped_contact_data_is_what_the_script_makes(tmp_path):
-    shipped = REPO / "experts" / "contact-extract" / "datasets"
-    args = ["--seed", "0", "--train", "3000", "--test", "150", "--wide", "3000"]
+@pytest.mark.parametrize(("expert", "wide"), [("contact-extract", "3000"), ("contact-extract-prompt", "0")])
+def test_the_shipped_contact_data_is_what_the_script_makes(expert, wide, tmp_path):
+    shipped = REPO / "experts" / expert / "datasets"
+    args = ["--seed", "0", "--train", "3000", "--dev", "150", "--wide", wide, "--test", "300"]
     assert example_data.main([str(tmp_path), *args]) == 0
-    for name in ("train.jsonl", "test.jsonl"):
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
         assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
 
 
 def test_contact_data_is_seeded():
-    assert example_data.make_sets(seed=1, n_train=50, n_test=10) == example_data.make_sets(
-        seed=1, n_train=50, n_test=10
+    assert example_data.make_sets(seed=1, n_train=50, n_dev=10, n_test=10) == example_data.make_sets(
+        seed=1, n_train=50, n_dev=10, n_test=10
     )
 
 
