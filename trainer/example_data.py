@@ -385,6 +385,24 @@ def make_row(rng: random.Random, templates: list[str], v: Vocabulary) -> tuple[s
     return text, row, fields
 
 
+FIELDS = ("name", "city", "job")  # what a held-out person shares with nobody in training
+
+
+def _seen() -> dict[str, set[str]]:
+    """The texts, and the names, cities and jobs (lowercased), of the rows drawn so far."""
+    return {"text": set(), **{key: set() for key in FIELDS}}
+
+
+def _note(seen: dict[str, set[str]], text: str, fields: dict) -> None:
+    seen["text"].add(text)
+    for key in FIELDS:
+        seen[key].add(str(fields[key]).lower())
+
+
+def _shares(seen: dict[str, set[str]], fields: dict) -> bool:
+    return any(str(fields[key]).lower() in seen[key] for key in FIELDS)
+
+
 def make_sets(
     seed: int = 0, n_train: int = 3000, n_dev: int = 150, n_wide: int = 0, n_test: int = 0
 ) -> tuple[list[dict], list[dict], list[dict]]:
@@ -395,44 +413,36 @@ def make_sets(
     as asserted, none with the wide rows."""
     rng = random.Random(seed)
     train: list[dict] = []
-    seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
+    seen = _seen()  # the core rows; the wide rows add their texts
     while len(train) < n_train:
         text, row, fields = make_row(rng, TRAIN_TEMPLATES, TRAIN_VOCAB)
         if text not in seen["text"]:
-            seen["text"].add(text)
-            for key in ("name", "city", "job"):
-                seen[key].add(str(fields[key]).lower())
+            _note(seen, text, fields)
             train.append(row)
     dev: list[dict] = []
-    dev_seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
+    dev_seen = _seen()
     while len(dev) < n_dev:
         text, row, fields = make_row(rng, DEV_TEMPLATES, DEV_VOCAB)
         # a dev person shares no name, city or job with anyone in training
-        if text in dev_seen["text"] or any(str(fields[k]).lower() in seen[k] for k in FIELDS):
+        if text in dev_seen["text"] or _shares(seen, fields):
             continue
         _note(dev_seen, text, fields)
         dev.append(row)
     test: list[dict] = []
-    test_seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
+    test_seen = _seen()
     test_rng = random.Random(f"{seed}-test")
     while len(test) < n_test:
         text, row, fields = make_row(test_rng, TEST_TEMPLATES, TEST_VOCAB)
-        if text in test_seen["text"] or any(
-            str(fields[k]).lower() in seen[k] or str(fields[k]).lower() in dev_seen[k] for k in FIELDS
-        ):
+        if text in test_seen["text"] or _shares(seen, fields) or _shares(dev_seen, fields):
             continue
         _note(test_seen, text, fields)
         test.append(row)
     wide_rng = random.Random(f"{seed}-wide")
     wide: list[dict] = []
-    wide_seen: dict[str, set[str]] = {"text": set(), "name": set(), "city": set(), "job": set()}
+    wide_seen = _seen()
     while len(wide) < n_wide:
         text, row, fields = make_row(wide_rng, WIDE_TEMPLATES, WIDE_TRAIN_VOCAB)
-        if (
-            text in seen["text"]
-            or text in dev_seen["text"]
-            or any(str(fields[k]).lower() in dev_seen[k] for k in FIELDS)
-        ):
+        if text in seen["text"] or text in dev_seen["text"] or _shares(dev_seen, fields):
             continue
         seen["text"].add(text)
         _note(wide_seen, text, fields)
@@ -443,15 +453,6 @@ def make_sets(
     for key in FIELDS:
         assert not (wide_seen[key] & test_seen[key]), f"a test {key} appears in the wide pass"
     return train, dev, test
-
-
-FIELDS = ("name", "city", "job")
-
-
-def _note(seen: dict[str, set[str]], text: str, fields: dict) -> None:
-    seen["text"].add(text)
-    for key in FIELDS:
-        seen[key].add(str(fields[key]).lower())
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
