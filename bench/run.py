@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server.settings import CPU_KV_BLOCK_MULTIPLE, KV_BLOCK_SIZES
+
 from . import experts as ex
 from . import membw
 from .comparisons import gateway_vs_vllm
@@ -84,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(
                 f"--only: unknown section {', '.join(unknown) or '(none given)'}; known: {', '.join(SECTION_SERVERS)}"
             )
-    if args.kv_block_size is not None and not (32 <= args.kv_block_size <= 256 and args.kv_block_size % 32 == 0):
-        ap.error("--kv-block-size: a multiple of 32 from 32 to 256 (EXPERT_KV_BLOCK_SIZE's bounds on a CPU)")
+    n = args.kv_block_size
+    if n is not None and not (0 < n <= KV_BLOCK_SIZES[1] and n % CPU_KV_BLOCK_MULTIPLE == 0):
+        ap.error(
+            f"--kv-block-size: a multiple of {CPU_KV_BLOCK_MULTIPLE}, at most {KV_BLOCK_SIZES[1]} "
+            "(EXPERT_KV_BLOCK_SIZE's bounds on a CPU)"
+        )
     plan = Plan.make(args.quick, args.profile)
     cfg = EngineConfig(kv_block_size=args.kv_block_size)
     t_start = time.perf_counter()

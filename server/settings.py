@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from server.manifest.embedded import EMBEDDED_MODEL_ID
 
 LORA_SLOTS_CAP = 16  # the most adapter slots sized automatically (each slot costs memory: README)
+KV_BLOCK_SIZES = (16, 256, 16)  # EXPERT_KV_BLOCK_SIZE: least, most, a multiple of
+CPU_KV_BLOCK_MULTIPLE = 32  # vLLM's CPU attention kernels declare MultipleOf(32) and refuse other sizes
 
 
 class Settings(BaseSettings):
@@ -71,9 +73,9 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences the engine schedules at once.")
     kv_block_size: int | None = Field(
         default=None,
-        ge=16,
-        le=256,
-        multiple_of=16,
+        ge=KV_BLOCK_SIZES[0],
+        le=KV_BLOCK_SIZES[1],
+        multiple_of=KV_BLOCK_SIZES[2],
         description="Tokens per KV-cache block, the unit prefix caching reuses. Unset: vLLM's platform default "
         "(128 on a CPU, where a shared prefix shorter than 128 tokens is never reused). On a CPU a multiple of "
         "32: vLLM's CPU attention kernels take no other size.",
@@ -131,10 +133,11 @@ class Settings(BaseSettings):
     @field_validator("kv_block_size")
     @classmethod
     def _kv_block_size_fits_the_platform(cls, value: int | None, info: ValidationInfo) -> int | None:
-        # vLLM's CPU attention backend declares kernel block sizes MultipleOf(32) and refuses others
-        # when it is selected, so the engine would fail to start.
-        if value is not None and value % 32 and _platform(info.data.get("device", "auto")) == "cpu":
-            raise ValueError("on a CPU it must be a multiple of 32 (vLLM's CPU attention kernels)")
+        # with another size the CPU engine fails at start ("No common block size")
+        if value is not None and value % CPU_KV_BLOCK_MULTIPLE and _platform(info.data.get("device", "auto")) == "cpu":
+            raise ValueError(
+                f"on a CPU it must be a multiple of {CPU_KV_BLOCK_MULTIPLE} (vLLM's CPU attention kernels)"
+            )
         return value
 
     def lora_slots(self, adapters: int) -> int:
