@@ -88,10 +88,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def run_trainer(argv: list[str]) -> int:
     """`expert train ARGS` is `python -m trainer ARGS`: the trainer is its own program (the server
-    never imports it), installed in the same environment."""
-    import subprocess
+    never imports it), installed in the same environment. This process becomes the trainer (exec),
+    so a signal sent to `expert train` (SIGTERM from a supervisor or `timeout`) reaches the
+    training itself instead of leaving it running, orphaned, in the expert folder."""
+    import os
 
-    return subprocess.call([sys.executable, "-m", "trainer", *argv])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "trainer", *argv])
+    return 1  # not reached: execv returns only by raising
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
