@@ -4,6 +4,8 @@ the texts say, and (for SQL) every gold query runs and fits the expert's grammar
 from __future__ import annotations
 
 import json
+import random
+import re
 import sqlite3
 from pathlib import Path
 
@@ -26,7 +28,16 @@ def text(row: dict) -> str:
 
 @pytest.fixture(scope="module")
 def contact_sets():
-    return example_data.make_sets(seed=3, n_train=600, n_dev=80, n_wide=300, n_test=120)
+    return example_data.make_sets(seed=3, n_train=600, n_dev=80, n_wide=300, n_test=120, n_blind1=60, n_broad=300)
+
+
+ALL_VOCABS = (
+    example_data.BROAD_VOCAB,
+    example_data.WIDE_TRAIN_VOCAB,
+    example_data.DEV_VOCAB,
+    example_data.BLIND1_VOCAB,
+    example_data.TEST_VOCAB,
+)
 
 
 def test_contact_dev_and_test_people_share_nothing_with_training(contact_sets):
@@ -46,31 +57,38 @@ def test_contact_test_split_shares_nothing_with_the_dev_split(contact_sets):
 
 
 def test_each_split_has_its_own_sentence_shapes_and_words():
-    words = lambda v: set(v.city_roots) | set(v.jobs) | {m for m in v.job_modifiers if m} | set(v.titles)  # noqa: E731
-    vocabularies = [example_data.WIDE_TRAIN_VOCAB, example_data.DEV_VOCAB, example_data.TEST_VOCAB]
-    shapes = [example_data.TRAIN_TEMPLATES + example_data.WIDE_TEMPLATES, example_data.DEV_TEMPLATES]
-    shapes.append(example_data.TEST_TEMPLATES)
-    for i in range(3):
-        for j in range(i + 1, 3):
-            assert not (words(vocabularies[i]) & words(vocabularies[j])), (i, j)
-            assert not (set(shapes[i]) & set(shapes[j])), (i, j)
+    def words(v):
+        named = set(v.city_roots) | set(v.jobs) | set(v.titles) | set(v.first_names) | set(v.surnames)
+        return named | {w for w in v.job_modifiers + v.city_heads if w}
+
+    training = words(example_data.WIDE_TRAIN_VOCAB) | words(example_data.BROAD_VOCAB)
+    vocabularies = [training, *map(words, ALL_VOCABS[2:])]  # training, dev, first blind, test
+    rng = random.Random(0)
+    composed = {example_data.broad_shape(rng) for _ in range(3000)}
+    shapes = [set(example_data.TRAIN_TEMPLATES + example_data.WIDE_TEMPLATES) | composed]
+    shapes += [set(example_data.DEV_TEMPLATES), set(example_data.BLIND1_TEMPLATES), set(example_data.TEST_TEMPLATES)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not (vocabularies[i] & vocabularies[j]), (i, j, vocabularies[i] & vocabularies[j])
+            assert not (shapes[i] & shapes[j]), (i, j)
 
 
 def test_contact_targets_are_copied_from_the_text(contact_sets):
     train, dev, test = contact_sets
     words = {w for w in example_data.ONES + example_data.TENS if w}
+    titles = tuple(f"{t.lower()} " for v in ALL_VOCABS for t in v.titles)
     for row in train + dev + test:
         f, t = fields(row), text(row)
         assert list(f) == list(example_data.KEYS)
         for key in ("name", "city", "job"):
             assert f[key] in t, (key, f, t)
         assert str(f["age"]) in t or any(w in t for w in words), t
-        assert not f["name"].lower().startswith(("dr.", "ms.", "mr.", "prof.", "mrs.", "miss ", "mx.")), f
+        assert not f["name"].lower().startswith(titles), f
 
 
 def test_contact_data_covers_the_hard_cases(contact_sets):
     train, _, test = contact_sets
-    for rows, accents in ((train, "áéöñ"), (test, "èíåô")):
+    for rows, accents in ((train, "áéöñ"), (test, "âêûì")):
         texts = [text(r) for r in rows]
         assert any(t == t.lower() for t in texts)  # lowercase
         assert any(t.count(".") >= 2 and "." in t[:-1] for t in texts)  # two sentences
@@ -81,19 +99,43 @@ def test_contact_data_covers_the_hard_cases(contact_sets):
         assert any("-" in fields(r)["job"] for r in rows)  # hyphenated job modifiers
 
 
-def test_contact_dev_and_test_splits_do_not_depend_on_the_wide_pass(contact_sets):
-    core_train, core_dev, core_test = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_test=120)
+def test_contact_dev_and_test_splits_do_not_depend_on_the_wide_and_broad_passes(contact_sets):
+    core_train, core_dev, core_test = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_test=120, n_blind1=60)
     train, dev, test = contact_sets
     assert dev == core_dev and test == core_test
-    assert train[:600] == core_train and len(train) == 900
-    wide_texts = [text(r) for r in train[600:]]
-    assert len(set(wide_texts)) == len(wide_texts)
+    assert train[:600] == core_train and len(train) == 1200
+    added_texts = [text(r) for r in train[600:]]
+    assert len(set(added_texts)) == len(added_texts)
 
 
-@pytest.mark.parametrize(("expert", "wide"), [("contact-extract", "3000"), ("contact-extract-prompt", "0")])
-def test_the_shipped_contact_data_is_what_the_script_makes(expert, wide, tmp_path):
+def test_the_dev_split_is_the_dev_rows_then_the_first_blind_split(contact_sets):
+    """The first blind split keeps its own generator: its rows do not depend on the other parts."""
+    _, dev, _ = contact_sets
+    _, dev_only, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80)
+    _, with_blind1, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_blind1=60, n_test=5, n_broad=40)
+    assert dev[:80] == dev_only and dev == with_blind1 and len(dev) == 140
+
+
+def test_the_broad_pass_covers_titles_counts_and_open_vocabulary(contact_sets):
+    train, _, _ = contact_sets
+    broad = train[900:]
+    no_period = [t for t in example_data.BROAD_VOCAB.titles if not t.endswith(".")]
+    assert any(any(f"{t} " in text(r) for t in no_period) for r in broad)  # titles without a period
+    # numbers that are not the age (counts, years), often right beside it
+    other_numbers = [n for r in broad for n in re.findall(r"\b\d+\b", text(r)) if int(n) != fields(r)["age"]]
+    assert len(other_numbers) > 150
+    assert any(re.search(r"is \d+ and has \d+ grandchildren", text(r)) for r in broad)
+    firsts = {fields(r)["city"].split()[0] for r in broad} | {fields(r)["job"].split()[0] for r in broad}
+    assert len(firsts) > 150  # many different words open a city or a job
+
+
+@pytest.mark.parametrize(
+    ("expert", "wide", "broad"), [("contact-extract", "3000", "6000"), ("contact-extract-prompt", "0", "0")]
+)
+def test_the_shipped_contact_data_is_what_the_script_makes(expert, wide, broad, tmp_path):
     shipped = REPO / "experts" / expert / "datasets"
     args = ["--seed", "0", "--train", "3000", "--dev", "150", "--wide", wide, "--test", "300"]
+    args += ["--blind1", "300", "--broad", broad]
     assert example_data.main([str(tmp_path), *args]) == 0
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
         assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
