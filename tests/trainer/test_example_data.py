@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer import example_data, sql_example
+from trainer import contact_words, example_data, sql_example
 
 pytestmark = pytest.mark.unit
 
@@ -32,11 +32,11 @@ def contact_sets():
 
 
 ALL_VOCABS = (
-    example_data.BROAD_VOCAB,
-    example_data.WIDE_TRAIN_VOCAB,
-    example_data.DEV_VOCAB,
-    example_data.BLIND1_VOCAB,
-    example_data.TEST_VOCAB,
+    contact_words.BROAD_VOCAB,
+    contact_words.WIDE_TRAIN_VOCAB,
+    contact_words.DEV_VOCAB,
+    contact_words.BLIND1_VOCAB,
+    contact_words.TEST_VOCAB,
 )
 
 
@@ -61,12 +61,12 @@ def test_each_split_has_its_own_sentence_shapes_and_words():
         named = set(v.city_roots) | set(v.jobs) | set(v.titles) | set(v.first_names) | set(v.surnames)
         return named | {w for w in v.job_modifiers + v.city_heads if w}
 
-    training = words(example_data.WIDE_TRAIN_VOCAB) | words(example_data.BROAD_VOCAB)
+    training = words(contact_words.WIDE_TRAIN_VOCAB) | words(contact_words.BROAD_VOCAB)
     vocabularies = [training, *map(words, ALL_VOCABS[2:])]  # training, dev, first blind, test
     rng = random.Random(0)
     composed = {example_data.broad_shape(rng) for _ in range(3000)}
-    shapes = [set(example_data.TRAIN_TEMPLATES + example_data.WIDE_TEMPLATES) | composed]
-    shapes += [set(example_data.DEV_TEMPLATES), set(example_data.BLIND1_TEMPLATES), set(example_data.TEST_TEMPLATES)]
+    shapes = [set(contact_words.TRAIN_TEMPLATES + contact_words.WIDE_TEMPLATES) | composed]
+    shapes += [set(contact_words.DEV_TEMPLATES), set(contact_words.BLIND1_TEMPLATES), set(contact_words.TEST_TEMPLATES)]
     for i in range(4):
         for j in range(i + 1, 4):
             assert not (vocabularies[i] & vocabularies[j]), (i, j, vocabularies[i] & vocabularies[j])
@@ -119,7 +119,7 @@ def test_the_dev_split_is_the_dev_rows_then_the_first_blind_split(contact_sets):
 def test_the_broad_pass_covers_titles_counts_and_open_vocabulary(contact_sets):
     train, _, _ = contact_sets
     broad = train[900:]
-    no_period = [t for t in example_data.BROAD_VOCAB.titles if not t.endswith(".")]
+    no_period = [t for t in contact_words.BROAD_VOCAB.titles if not t.endswith(".")]
     assert any(any(f"{t} " in text(r) for t in no_period) for r in broad)  # titles without a period
     # numbers that are not the age (counts, years), often right beside it
     other_numbers = [n for r in broad for n in re.findall(r"\b\d+\b", text(r)) if int(n) != fields(r)["age"]]
