@@ -129,6 +129,21 @@ def test_the_broad_pass_covers_titles_counts_and_open_vocabulary(contact_sets):
     assert len(firsts) > 150  # many different words open a city or a job
 
 
+def test_the_contact_grammar_admits_every_answer_and_no_value_that_starts_with_a_space(contact_sets):
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    grammar = xgrammar.Grammar.from_ebnf((REPO / "experts" / "contact-extract" / "grammar.gbnf").read_text())
+    train, dev, test = contact_sets
+    for row in train[::10] + dev + test:
+        assert _is_grammar_accept_string(grammar, row["messages"][-1]["content"]), row
+    answer = {"name": "Esi Lindberg", "age": 69, "city": "Glen Vellamy", "job": "seasonal locksmith"}
+    assert _is_grammar_accept_string(grammar, json.dumps(answer))
+    for key in ("name", "city", "job"):
+        spaced = json.dumps({**answer, key: " " + answer[key]})
+        assert not _is_grammar_accept_string(grammar, spaced), key
+
+
 @pytest.mark.parametrize(
     ("expert", "wide", "broad"), [("contact-extract", "3000", "6000"), ("contact-extract-prompt", "0", "0")]
 )
