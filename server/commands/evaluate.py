@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -328,11 +329,19 @@ def run_eval(
     if failures is not None and not failures.parent.is_dir():
         print(f"error: --failures: no folder {str(failures.parent)!r}", file=sys.stderr)
         return 1
+    # SIGTERM ends the evaluation as Ctrl-C does: the engine is shut down on the way out (its
+    # processes would otherwise outlive this one, busy, with no parent)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         report = asyncio.run(evaluate(expert_dir, limit, only=only))
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("eval: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     wrong = report.pop("failures")
     if failures is not None:
         try:

@@ -103,3 +103,56 @@ def test_eval_without_test_cases_is_a_clear_error(tmp_path):
     out = subprocess.run([str(EXPERT), "eval", str(tmp_path / "no-cases")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "no test cases" in out.stderr and "Traceback" not in out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def test_sigterm_stops_the_evaluation_and_its_engine():
+    """A supervisor's SIGTERM ends `expert eval` as Ctrl-C does: its engine processes do not outlive it."""
+    import signal
+    import time
+
+    run = subprocess.Popen(
+        [str(EXPERT), "eval", str(REPO / "experts" / "contact-extract"), "--variants", "lora", "--limit", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    engine: list[int] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        engine = _children(run.pid)
+        if engine:
+            time.sleep(20)  # let the engine get going
+            engine = _children(run.pid)
+            break
+        time.sleep(1)
+    assert engine, "the evaluation started no engine process"
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and "eval: interrupted" in err, err[-2000:]
+    time.sleep(2)
+    alive = [p for p in engine if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)]
+    assert not alive, f"engine processes left running: {alive}"
+
+
+def _state(pid: int) -> str:
+    try:
+        return (Path(f"/proc/{pid}") / "status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
