@@ -243,8 +243,8 @@ def make_sets(
     test: `n_test` rows from their own shapes, words and generator.
     Each held-out part shares no name, city, job or text with any training pass (filtered where a
     pass is drawn after it, asserted where before), and the test split none with the dev split.
-    So the dev and test splits do not depend on `n_wide` or `n_broad`, nor the core and wide rows
-    on the held-out splits' sizes.
+    So the dev and test splits do not depend on `n_wide` or `n_broad`, nor the core rows on the
+    held-out splits' sizes (the wide rows avoid the dev rows, the broad rows every held-out row).
     """
     rng = random.Random(seed)
     core, core_seen = _draw(rng, n_train, words.TRAIN_TEMPLATES, words.TRAIN_VOCAB)
