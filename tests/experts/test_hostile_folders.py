@@ -408,17 +408,26 @@ def test_a_default_soft_prompt_longer_than_the_context_is_refused(tmp_path: Path
     )
 
 
-def test_a_reload_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+def test_a_reload_does_not_stall_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.manifest.grammar as grammar
+
     write_expert(tmp_path, manifest("plain"))
-    # within the limits, but slow to compile (seconds): xgrammar's time grows with the rules
     rules = "\n".join(["root ::= r0"] + [f'r{i} ::= r{i + 1} "a" | "b"' for i in range(990)] + ['r990 ::= "z"'])
     write_expert(
         tmp_path,
         manifest("slow-grammar", decoding={"use_grammar": True, "grammar_type": "gbnf"}),
         files={"grammar.gbnf": rules},
     )
+    real_compile = grammar._compile
+
+    def slow_compile(text, tokenizer_dir):
+        # xgrammar caches what it compiled at start-up, so the reload's own compile can be quick:
+        # a blocking second makes the reload slow on any machine; on the loop, it would stall /health
+        time.sleep(1.5)
+        return real_compile(text, tokenizer_dir)
 
     async def go(client, service):
+        monkeypatch.setattr(grammar, "_compile", slow_compile)
         reload = asyncio.create_task(client.post("/experts/slow-grammar/reload"))
         gaps = []
         while not reload.done():
@@ -430,5 +439,5 @@ def test_a_reload_does_not_stall_the_event_loop(tmp_path: Path) -> None:
 
     (reload, gaps), _ = call(tmp_path, go, tmp_path)
     assert reload.status_code == 200, reload.text
-    assert len(gaps) >= 5  # the reload took a while, and /health answered all along
+    assert len(gaps) >= 10  # the reload took over 1.5 s, and /health answered all along
     assert max(gaps) < 1.0, max(gaps)
