@@ -27,6 +27,9 @@ class Vocabulary:
     # whole first names and surnames from many languages, drawn for half the people when given
     first_names: tuple[str, ...] = ()
     surnames: tuple[str, ...] = ()
+    # words that praise or describe the person, written before the job but not part of it
+    # ("a talented baker" -> "baker"); the shapes' {praise} and {a_praise_job}
+    praise: tuple[str, ...] = ()
 
 
 TRAIN_VOCAB = Vocabulary(
@@ -760,9 +763,10 @@ BROAD_LABELS = (
 BROAD_LABEL_VALUES = {"name": "{name}", "age": "{age}", "city": "{city}", "job": "{job}"}
 
 
-# The test split: shapes and words written after the broad pass and before the expert trained on it
-# was run; never used to guide training or read against the expert's answers before it was scored.
-TEST_FIRST_NAMES = (
+# The second blind split (the test split until the varied pass): shapes and words written with the
+# broad pass, before the expert trained on it was run; scored once (2026-11-30), then read, and now
+# part of the dev split. Its misses guided the varied pass.
+BLIND2_FIRST_NAMES = (
     "Adaeze",
     "Astrid",
     "Mehmet",
@@ -784,7 +788,7 @@ TEST_FIRST_NAMES = (
     "Hyun-woo",
     "Chloé",
 )
-TEST_SURNAMES = (
+BLIND2_SURNAMES = (
     "Eze",
     "Gallagher",
     "Lindberg",
@@ -806,7 +810,7 @@ TEST_SURNAMES = (
     "Oyelowo",
     "Marchetti",
 )
-TEST_VOCAB = Vocabulary(
+BLIND2_VOCAB = Vocabulary(
     onsets=("ph", "sc", "x", "vl", "kn", "tw"),
     vowels=("a", "e", "i", "o", "u", "au", "ue"),
     codas=("", "ft", "m", "sh", "z", "p"),
@@ -831,10 +835,10 @@ TEST_VOCAB = Vocabulary(
         "copywriter",
     ),
     titles=("Sgt.", "Maj.", "Sra.", "Mlle"),
-    first_names=TEST_FIRST_NAMES,
-    surnames=TEST_SURNAMES,
+    first_names=BLIND2_FIRST_NAMES,
+    surnames=BLIND2_SURNAMES,
 )
-TEST_TEMPLATES = [
+BLIND2_TEMPLATES = [
     "{name} lives in {city} with {count} cats and works as {a_job}; {name_short} is {age}.",
     "At {age} years of age, {name} is {a_job} in {city}.",
     "{name} left {other} at {count} and is now {a_job} in {city}, aged {age}.",
@@ -849,4 +853,274 @@ TEST_TEMPLATES = [
     "Age: {age} | Name: {name} | Town: {city} | Trade: {job}",
     "Known across {city} as a reliable {job}, {name} turned {age} last month.",
     "Profile - {name}; {age}; {job}; lives in {city}; born in {other}.",
+]
+
+
+# The varied pass: written after the second blind split's misses were read. Its classes, not its
+# words: words the base model rewrites instead of copying (British spellings: "travelling" came back
+# "traveling"), a word praising the person before the job, which is not part of the job ("a reliable
+# copywriter" -> "copywriter"; a modifier of the role, "senior", "award-winning", is), the city before
+# the name ("Kettleby resident Astrid Eze"), texts in the first person, and the job before the name.
+VARIED_JOB_MODIFIERS = (
+    "specialised",
+    "authorised",
+    "licensed",
+    "signalling",
+    "modelling",
+    "counselling",
+    "harbour",
+    "centre-based",
+    "labour",
+    "defence",
+    "organising",
+    "night-time",
+    "rural",
+    "metropolitan",
+    "day-centre",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+)
+VARIED_JOBS = (
+    "tyre fitter",
+    "theatre technician",
+    "jewellery maker",
+    "paediatric nurse",
+    "anaesthetist",
+    "counsellor",
+    "colour consultant",
+    "labourer",
+    "programme manager",
+    "catalogue editor",
+    "aluminium welder",
+    "licensing officer",
+    "storekeeper",
+    "plasterer",
+    "ambulance driver",
+    "gardener",
+    "bookkeeper",
+    "travel agent",
+    "grooming assistant",
+    "draughtsman",
+    "cheesemonger",
+    "ironmonger",
+    "fishmonger",
+    "greengrocer",
+    "postwoman",
+    "chimney sweep",
+    "organist",
+    "choreographer",
+    "dietitian",
+    "optometrist",
+)
+VARIED_CITY_ROOTS = (
+    "Harbourside",
+    "Kingsmeade",
+    "Greyhaven",
+    "Fairhaugh",
+    "Marlowe",
+    "Ashbourne",
+    "Colbrooke",
+    "Whitby-on-Lune",
+    "Llanfair",
+    "Aberfeldy",
+    "Penhallow",
+    "Guildcross",
+    "Theatreton",
+    "Moorcentre",
+)
+VARIED_PRAISE = (
+    "talented",
+    "hard-working",
+    "popular",
+    "well-liked",
+    "cheerful",
+    "trusted",
+    "dedicated",
+    "respected",
+    "gifted",
+    "tireless",
+    "careful",
+    "kind",
+    "devoted",
+    "admired",
+    "capable",
+    "diligent",
+    "much-loved",
+    "highly regarded",
+    "wonderful",
+    "great",
+    "quiet",
+    "friendly",
+    "busy",
+    "skilful",
+    "conscientious",
+    "thoughtful",
+    "sincere",
+    "warm-hearted",
+)
+VARIED_VOCAB = Vocabulary(
+    **{
+        **BROAD_VOCAB.__dict__,
+        "city_roots": (*BROAD_CITY_ROOTS, *VARIED_CITY_ROOTS),
+        "job_modifiers": (*BROAD_JOB_MODIFIERS, *VARIED_JOB_MODIFIERS),
+        "jobs": (*BROAD_JOBS, *VARIED_JOBS),
+        "praise": VARIED_PRAISE,
+    }
+)
+# Clauses of the varied pass's texts (see varied_shape): a subject opener, or an opener that already
+# says where the person lives or what they do, then the remaining clauses in any order.
+VARIED_CITY_FIRST = (
+    "{city} resident {name}",
+    "{city}-based {name}",
+    "{city} local {name}",
+    "From {city}, {name}",
+    "In {city}, {name}",
+    "Living in {city}, {name}",
+    "Over in {city}, {name}",
+    "{city}'s {name}",
+)
+VARIED_JOB_FIRST = (
+    "{a_job} named {name}",
+    "{a_praise_job} called {name}",
+    "The {job} {name}",
+    "The {praise} {job} {name}",
+    "Local {job} {name}",
+    "Our {job} {name}",
+)
+VARIED_FIRST_PERSON = ("I'm {name} and I", "My name is {name}. I", "Hello, I am {name}. I", "I am {name}; I")
+VARIED_AGE = (
+    "is {age}",
+    "is {age} years old",
+    "is aged {age}",
+    "turned {age} in {year}",
+    "is {age} and has {count} grandchildren",
+    "has {count} children and is {age}",
+)
+VARIED_JOB = (
+    "works as {a_job}",
+    "works as {a_praise_job}",
+    "is {a_praise_job}",
+    "is known as {a_praise_job}",
+    "has been {a_praise_job} for {count} years",
+    "makes a living as {a_job}",
+)
+VARIED_CITY = ("lives in {city}", "resides in {city}", "has made a home in {city}", "has lived in {city} since {year}")
+VARIED_EXTRA = (
+    "grew up in {other}",
+    "was born in {other}",
+    "commutes to {other}",
+    "has {count} cousins",
+    "worked in {other} until {year}",
+)
+# first-person clauses, after "I"
+VARIED_I_AGE = ("am {age}", "am {age} years old", "turned {age} in {year}")
+VARIED_I_JOB = ("work as {a_job}", "work as {a_praise_job}", "am {a_praise_job}", "have been {a_job} for {count} years")
+VARIED_I_CITY = ("live in {city}", "have lived in {city} since {year}", "call {city} home")
+VARIED_I_EXTRA = ("grew up in {other}", "was born in {other}", "have {count} children", "visit {other} often")
+
+
+# The test split: shapes and words written with the varied pass, before any expert trained on it was
+# run; never used to guide training or read against an expert's answers before it was scored.
+TEST_FIRST_NAMES = (
+    "Folasade",
+    "Henrik",
+    "Yuki",
+    "Bronwyn",
+    "Stanisław",
+    "Aoife",
+    "Kenji",
+    "Pilar",
+    "Tendai",
+    "Oskar",
+    "Ifeoma",
+    "Paloma",
+    "Eamon",
+    "Solveig",
+    "Arjun",
+    "Céline",
+    "Dorottya",
+    "Emre",
+    "Naledi",
+    "Fionnuala",
+)
+TEST_SURNAMES = (
+    "Adebayo",
+    "Thorsen",
+    "Matsumoto",
+    "Pritchard",
+    "Zieliński",
+    "Ní Bhriain",
+    "Valdés",
+    "Chikwanha",
+    "Lundgren",
+    "Banerjee",
+    "Rousseau",
+    "Kovačić",
+    "Fairweather",
+    "Al-Sayed",
+    "Oduya",
+    "Ferraro",
+    "Kimura",
+    "de Wit",
+    "Lloyd-Hughes",
+    "Mbeki",
+)
+TEST_VOCAB = Vocabulary(
+    onsets=("g", "h", "n", "dw", "th", "y"),
+    vowels=("a", "e", "i", "o", "u", "oe", "ui"),
+    codas=("", "n", "l", "ck", "b", "r"),
+    accented=("ő", "ù", "ā", "ē"),
+    surname_prefixes=("Ap ", "Mhic ", "Du ", "Bin "),
+    city_heads=("Glyn", "Kirk", "Sainte", "Northam", ""),
+    city_roots=(
+        "Pemberley",
+        "Hollinsgrove",
+        "Caerwen",
+        "Duncombe",
+        "Alderney Bay",
+        "Wolverton",
+        "Riverbend",
+        "Bramhope",
+    ),
+    job_modifiers=("neighbourhood", "hospice", "relief", "mobile", "itinerant", ""),
+    jobs=(
+        "mould maker",
+        "oboe tutor",
+        "stonemason's mate",
+        "harpist",
+        "tree surgeon",
+        "piano tuner",
+        "watchmaker",
+        "loss adjuster",
+        "land surveyor",
+        "meteorologist",
+        "signwriter",
+        "ceramicist",
+        "kitchen porter",
+    ),
+    titles=("Insp.", "Cllr", "Canon", "Sister"),
+    first_names=TEST_FIRST_NAMES,
+    surnames=TEST_SURNAMES,
+)
+TEST_TEMPLATES = [
+    "{city} native {name} ({age}) works as {a_job}.",
+    "Interview notes: {name} is {age}; job - {job}; home - {city}.",
+    "My name is {name}, I'm {age} years old and I'm {a_job} living in {city}.",
+    "{name} has been a brilliant {job} in {city} for {count} years and is now {age}.",
+    "Say hi to {name}! {name_short} is {age}, lives over in {city}, and works as {a_job}.",
+    "After {count} years in {other}, {name} moved to {city}, where the {age}-year-old works as {a_job}.",
+    "{name}, {age}, a beloved {job} from {city}, won an award in {year}.",
+    "Resident of {city}: {name}, age {age}, occupation {job}.",
+    "[{name}] {age} y/o {job}, {city}",
+    "Although born in {other}, {name} now calls {city} home; {name_short}, {age}, is {a_job}.",
+    "{name} is {a_job}. Age {age}. Lives in {city}, near {other}.",
+    "Everyone in {city} knows {name}, the patient {job} who turned {age} in {year}.",
+    "The {age}-year-old {job} {name} lives in {city} with {count} dogs.",
+    "{name} ({job}, {city}) is {age}.",
+    "Q: Who is {name}? A: {a_job}, aged {age}, living in {city}.",
 ]

@@ -84,6 +84,39 @@ def broad_shape(rng: random.Random) -> str:
     return f"{opener} {_joined(clauses[:cut])}. {subject} {_joined(clauses[cut:])}."
 
 
+def varied_shape(rng: random.Random) -> str:
+    """One composed sentence shape of the varied pass: the opener says who (and maybe where or what),
+    then the clauses it left, in any order, as one or two sentences."""
+    style = rng.random()
+    extras = rng.sample(words.VARIED_EXTRA, rng.choice((0, 1, 1, 2)))
+    if style < 0.25:  # the city first: "Kettleby resident X is ..."
+        opener, clauses = (
+            rng.choice(words.VARIED_CITY_FIRST),
+            [rng.choice(words.VARIED_AGE), rng.choice(words.VARIED_JOB)],
+        )
+    elif style < 0.45:  # the first person
+        opener = rng.choice(words.VARIED_FIRST_PERSON)
+        extras = rng.sample(words.VARIED_I_EXTRA, len(extras))
+        clauses = [rng.choice(words.VARIED_I_AGE), rng.choice(words.VARIED_I_JOB), rng.choice(words.VARIED_I_CITY)]
+    elif style < 0.6:  # the job first: "A talented baker called X ..."
+        opener, clauses = (
+            rng.choice(words.VARIED_JOB_FIRST),
+            [rng.choice(words.VARIED_AGE), rng.choice(words.VARIED_CITY)],
+        )
+    else:
+        opener = rng.choice(("{name}", "{name}, {age},", "{name} ({age})", "Meet {name}, who"))
+        clauses = [rng.choice(words.VARIED_JOB), rng.choice(words.VARIED_CITY)]
+        if "{age}" not in opener:
+            clauses.append(rng.choice(words.VARIED_AGE))
+    clauses += extras
+    rng.shuffle(clauses)
+    if rng.random() < 0.6 or len(clauses) < 2:
+        return f"{opener} {_joined(clauses)}."
+    cut = rng.randint(1, len(clauses) - 1)
+    subject = "I" if opener in words.VARIED_FIRST_PERSON else rng.choice(("She", "He", "{name_short}"))
+    return f"{opener} {_joined(clauses[:cut])}. {subject} {_joined(clauses[cut:])}."
+
+
 ONES = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
@@ -157,6 +190,7 @@ def make_row(
     written_name = f"{rng.choice(v.titles)} {name}" if rng.random() < 0.15 else name
     written_age = age_in_words(age) if rng.random() < 0.25 else str(age)
     shape = rng.choice(shapes) if isinstance(shapes, list) else shapes(rng)
+    praise = rng.choice(v.praise) if v.praise else ""  # drawn only where a vocabulary has praise
     text = shape.format(
         name=written_name,
         name_short=short,
@@ -165,6 +199,8 @@ def make_row(
         other=other,
         job=work,
         a_job=f"{article(work)} {work}",
+        praise=praise,
+        a_praise_job=f"{article(praise)} {praise} {work}" if praise else "",
         year=rng.randint(1990, 2024),
         count=rng.randint(*counts),
     )
@@ -234,17 +270,21 @@ def make_sets(
     *,
     n_blind1: int = 0,
     n_broad: int = 0,
+    n_blind2: int = 0,
+    n_varied: int = 0,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, dev, test).
 
-    train: `n_train` core rows, then `n_wide` wide rows, then `n_broad` broad rows.
+    train: `n_train` core rows, then `n_wide` wide rows, `n_broad` broad rows and `n_varied`
+    varied rows.
     dev: `n_dev` dev rows (drawn right after the core rows, from the same generator), then
-    `n_blind1` rows of the first blind split (its own generator).
+    `n_blind1` rows of the first blind split and `n_blind2` of the second (each its own generator).
     test: `n_test` rows from their own shapes, words and generator.
     Each held-out part shares no name, city, job or text with any training pass (filtered where a
     pass is drawn after it, asserted where before), and the test split none with the dev split.
-    So the dev and test splits do not depend on `n_wide` or `n_broad`, nor the core rows on the
-    held-out splits' sizes (the wide rows avoid the dev rows, the broad rows every held-out row).
+    So the dev and test splits do not depend on `n_wide`, `n_broad` or `n_varied`, nor the core
+    rows on the held-out splits' sizes (the wide rows avoid the dev rows, the broad and varied rows
+    every held-out row).
     """
     rng = random.Random(seed)
     core, core_seen = _draw(rng, n_train, words.TRAIN_TEMPLATES, words.TRAIN_VOCAB)
@@ -256,14 +296,23 @@ def make_sets(
         words.BLIND1_VOCAB,
         fields_of=(core_seen, dev_seen),
     )
-    test, test_seen = _draw(
+    blind2, blind2_seen = _draw(
         random.Random(f"{seed}-test2"),
-        n_test,
-        words.TEST_TEMPLATES,
-        words.TEST_VOCAB,
+        n_blind2,
+        words.BLIND2_TEMPLATES,
+        words.BLIND2_VOCAB,
         fields_of=(core_seen, dev_seen, blind1_seen),
         counts=(2, 40),
     )
+    test, test_seen = _draw(
+        random.Random(f"{seed}-test3"),
+        n_test,
+        words.TEST_TEMPLATES,
+        words.TEST_VOCAB,
+        fields_of=(core_seen, dev_seen, blind1_seen, blind2_seen),
+        counts=(2, 30),
+    )
+    held_out = (dev_seen, blind1_seen, blind2_seen, test_seen)
     wide, wide_seen = _draw(
         random.Random(f"{seed}-wide"),
         n_wide,
@@ -278,14 +327,24 @@ def make_sets(
         broad_shape,
         words.BROAD_VOCAB,
         texts_of=(core_seen, wide_seen),
-        fields_of=(dev_seen, blind1_seen, test_seen),
+        fields_of=held_out,
         counts=(2, 60),
     )
-    for held_out, part in ((dev_seen, "dev"), (blind1_seen, "first blind"), (test_seen, "test")):
-        for trained in (core_seen, wide_seen, broad_seen):
-            assert not _shares_any(trained, held_out), f"a {part} row shares a text or field with training"
-    assert not _shares_any(test_seen, dev_seen) and not _shares_any(test_seen, blind1_seen)
-    return core + wide + broad, dev + blind1, test
+    varied, varied_seen = _draw(
+        random.Random(f"{seed}-varied"),
+        n_varied,
+        varied_shape,
+        words.VARIED_VOCAB,
+        texts_of=(core_seen, wide_seen, broad_seen),
+        fields_of=held_out,
+        counts=(2, 60),
+    )
+    parts = zip(held_out, ("dev", "first blind", "second blind", "test"), strict=True)
+    for seen, part in parts:
+        for trained in (core_seen, wide_seen, broad_seen, varied_seen):
+            assert not _shares_any(trained, seen), f"a {part} row shares a text or field with training"
+    assert not any(_shares_any(test_seen, seen) for seen in held_out[:3])
+    return core + wide + broad + varied, dev + blind1 + blind2, test
 
 
 def _shares_any(a: dict[str, set[str]], b: dict[str, set[str]]) -> bool:
@@ -314,10 +373,26 @@ def main(argv: list[str] | None = None) -> int:
         help="rows of the first blind split, written to dev.jsonl after the dev rows (default 300)",
     )
     parser.add_argument("--broad", type=int, default=6000, metavar="R", help="rows of the broad pass (default 6000)")
+    parser.add_argument(
+        "--blind2",
+        type=int,
+        default=300,
+        metavar="B",
+        help="rows of the second blind split, written to dev.jsonl after the first (default 300)",
+    )
+    parser.add_argument("--varied", type=int, default=6000, metavar="V", help="rows of the varied pass (default 6000)")
     parser.add_argument("--test", type=int, default=300, metavar="M", help="rows of the test split (default 300)")
     args = parser.parse_args(argv)
     train, dev, test = make_sets(
-        args.seed, args.train, args.dev, args.wide, args.test, n_blind1=args.blind1, n_broad=args.broad
+        args.seed,
+        args.train,
+        args.dev,
+        args.wide,
+        args.test,
+        n_blind1=args.blind1,
+        n_broad=args.broad,
+        n_blind2=args.blind2,
+        n_varied=args.varied,
     )
     splits = {"train": train, "dev": dev, "test": test}
     for name, rows in splits.items():

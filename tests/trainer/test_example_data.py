@@ -28,16 +28,21 @@ def text(row: dict) -> str:
 
 @pytest.fixture(scope="module")
 def contact_sets():
-    return example_data.make_sets(seed=3, n_train=600, n_dev=80, n_wide=300, n_test=120, n_blind1=60, n_broad=300)
+    return example_data.make_sets(
+        seed=3, n_train=600, n_dev=80, n_wide=300, n_test=120, n_blind1=60, n_broad=300, n_blind2=60, n_varied=300
+    )
 
 
 ALL_VOCABS = (
     contact_words.BROAD_VOCAB,
     contact_words.WIDE_TRAIN_VOCAB,
+    contact_words.VARIED_VOCAB,
     contact_words.DEV_VOCAB,
     contact_words.BLIND1_VOCAB,
+    contact_words.BLIND2_VOCAB,
     contact_words.TEST_VOCAB,
 )
+HELD_OUT_VOCABS = ALL_VOCABS[3:]  # dev, first blind, second blind, test
 
 
 def test_contact_dev_and_test_people_share_nothing_with_training(contact_sets):
@@ -59,16 +64,19 @@ def test_contact_test_split_shares_nothing_with_the_dev_split(contact_sets):
 def test_each_split_has_its_own_sentence_shapes_and_words():
     def words(v):
         named = set(v.city_roots) | set(v.jobs) | set(v.titles) | set(v.first_names) | set(v.surnames)
-        return named | {w for w in v.job_modifiers + v.city_heads if w}
+        return {w.lower() for w in named | set(v.praise) | {w for w in v.job_modifiers + v.city_heads if w}}
 
-    training = words(contact_words.WIDE_TRAIN_VOCAB) | words(contact_words.BROAD_VOCAB)
-    vocabularies = [training, *map(words, ALL_VOCABS[2:])]  # training, dev, first blind, test
+    training = set().union(*map(words, ALL_VOCABS[:3]))
+    vocabularies = [training, *map(words, HELD_OUT_VOCABS)]  # training, dev, first blind, second blind, test
     rng = random.Random(0)
-    composed = {example_data.broad_shape(rng) for _ in range(3000)}
+    composed = {example_data.broad_shape(rng) for _ in range(3000)} | {
+        example_data.varied_shape(rng) for _ in range(3000)
+    }
     shapes = [set(contact_words.TRAIN_TEMPLATES + contact_words.WIDE_TEMPLATES) | composed]
-    shapes += [set(contact_words.DEV_TEMPLATES), set(contact_words.BLIND1_TEMPLATES), set(contact_words.TEST_TEMPLATES)]
-    for i in range(4):
-        for j in range(i + 1, 4):
+    for held_out in ("DEV", "BLIND1", "BLIND2", "TEST"):
+        shapes.append(set(getattr(contact_words, f"{held_out}_TEMPLATES")))
+    for i in range(5):
+        for j in range(i + 1, 5):
             assert not (vocabularies[i] & vocabularies[j]), (i, j, vocabularies[i] & vocabularies[j])
             assert not (shapes[i] & shapes[j]), (i, j)
 
@@ -88,7 +96,7 @@ def test_contact_targets_are_copied_from_the_text(contact_sets):
 
 def test_contact_data_covers_the_hard_cases(contact_sets):
     train, _, test = contact_sets
-    for rows, accents in ((train, "áéöñ"), (test, "âêûì")):
+    for rows, accents in ((train, "áéöñ"), (test, "őùāē")):
         texts = [text(r) for r in rows]
         assert any(t == t.lower() for t in texts)  # lowercase
         assert any(t.count(".") >= 2 and "." in t[:-1] for t in texts)  # two sentences
@@ -96,24 +104,27 @@ def test_contact_data_covers_the_hard_cases(contact_sets):
         assert any("'" in fields(r)["name"] or "-" in fields(r)["name"] for r in rows)
         assert any(" " in fields(r)["city"] for r in rows) and any(" " in fields(r)["job"] for r in rows)
         assert any(example_data.age_in_words(fields(r)["age"]) in text(r) for r in rows)  # ages in words
-        assert any("-" in fields(r)["job"] for r in rows)  # hyphenated job modifiers
+    assert any("-" in fields(r)["job"] for r in train)  # hyphenated job modifiers
 
 
-def test_contact_dev_and_test_splits_do_not_depend_on_the_wide_and_broad_passes(contact_sets):
-    core_train, core_dev, core_test = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_test=120, n_blind1=60)
+def test_contact_dev_and_test_splits_do_not_depend_on_the_wide_broad_and_varied_passes(contact_sets):
+    core_train, core_dev, core_test = example_data.make_sets(
+        seed=3, n_train=600, n_dev=80, n_test=120, n_blind1=60, n_blind2=60
+    )
     train, dev, test = contact_sets
     assert dev == core_dev and test == core_test
-    assert train[:600] == core_train and len(train) == 1200
+    assert train[:600] == core_train and len(train) == 1500
     added_texts = [text(r) for r in train[600:]]
     assert len(set(added_texts)) == len(added_texts)
 
 
-def test_the_dev_split_is_the_dev_rows_then_the_first_blind_split(contact_sets):
-    """The first blind split keeps its own generator: its rows do not depend on the other parts."""
+def test_the_dev_split_is_the_dev_rows_then_the_first_and_second_blind_splits(contact_sets):
+    """Each blind split keeps its own generator: its rows do not depend on the other parts."""
     _, dev, _ = contact_sets
     _, dev_only, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80)
     _, with_blind1, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_blind1=60, n_test=5, n_broad=40)
-    assert dev[:80] == dev_only and dev == with_blind1 and len(dev) == 140
+    _, with_both, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_blind1=60, n_blind2=60, n_varied=40)
+    assert dev[:80] == dev_only and dev[:140] == with_blind1 and dev == with_both and len(dev) == 200
 
 
 def test_the_broad_pass_covers_titles_counts_and_open_vocabulary(contact_sets):
@@ -127,6 +138,19 @@ def test_the_broad_pass_covers_titles_counts_and_open_vocabulary(contact_sets):
     assert any(re.search(r"is \d+ and has \d+ grandchildren", text(r)) for r in broad)
     firsts = {fields(r)["city"].split()[0] for r in broad} | {fields(r)["job"].split()[0] for r in broad}
     assert len(firsts) > 150  # many different words open a city or a job
+
+
+def test_the_varied_pass_covers_praise_the_city_first_the_first_person_and_british_spellings(contact_sets):
+    train, _, _ = contact_sets
+    varied = [(text(r), fields(r)) for r in train[1200:]]
+    praised = [(t, f) for t, f in varied if any(f" {p} {f['job']}" in t for p in contact_words.VARIED_PRAISE)]
+    assert len(praised) > 30  # "a talented baker": the praise is written, the job is "baker"
+    assert not any(f["job"].startswith(contact_words.VARIED_PRAISE) for _, f in varied)
+    assert sum(t.startswith(f["city"]) for t, f in varied) > 15  # "Kettleby resident X ..."
+    assert sum(t.lower().startswith(("i'm ", "i am ", "my name is ", "hello, i am ")) for t, _ in varied) > 30
+    assert sum(t.index(f["job"]) < t.index(f["name"]) for t, f in varied) > 30  # "The baker X ..."
+    british = ("our", "tre", "lling", "aedi", "aesth", "mme", "ogue", "ium", "ised")
+    assert sum(any(b in f["job"] for b in british) for _, f in varied) > 30
 
 
 def test_the_contact_grammar_admits_every_answer_and_no_value_that_starts_with_a_space(contact_sets):
@@ -145,12 +169,13 @@ def test_the_contact_grammar_admits_every_answer_and_no_value_that_starts_with_a
 
 
 @pytest.mark.parametrize(
-    ("expert", "wide", "broad"), [("contact-extract", "3000", "6000"), ("contact-extract-prompt", "0", "0")]
+    ("expert", "wide", "broad", "varied"),
+    [("contact-extract", "3000", "6000", "6000"), ("contact-extract-prompt", "0", "0", "0")],
 )
-def test_the_shipped_contact_data_is_what_the_script_makes(expert, wide, broad, tmp_path):
+def test_the_shipped_contact_data_is_what_the_script_makes(expert, wide, broad, varied, tmp_path):
     shipped = REPO / "experts" / expert / "datasets"
     args = ["--seed", "0", "--train", "3000", "--dev", "150", "--wide", wide, "--test", "300"]
-    args += ["--blind1", "300", "--broad", broad]
+    args += ["--blind1", "300", "--broad", broad, "--blind2", "300", "--varied", varied]
     assert example_data.main([str(tmp_path), *args]) == 0
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
         assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
