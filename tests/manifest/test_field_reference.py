@@ -631,7 +631,7 @@ CASES: list[Case] = [
     Case(
         "dataset-not-used",
         [
-            ("training.dataset.test_path", "checked", "evaluation.test_cases comes first"),
+            ("training.dataset.test_path", "checked", "names another file, and `expert eval` scores that one"),
             ("training.dataset.format", "refused", "reads 'jsonl' only"),
             ("training.dataset.streaming", "refused", "streaming is not implemented"),
             ("evaluation.test_cases", "applied", "test cases of `expert eval`"),
@@ -639,6 +639,20 @@ CASES: list[Case] = [
         patch={
             "training": {"dataset": {"test_path": "t.jsonl", "format": "parquet", "streaming": True}},
             "evaluation": {"test_cases": "tests/cases.json"},
+        },
+    ),
+    Case(
+        "dataset-test-named-twice",
+        [
+            (
+                "training.dataset.test_path",
+                "checked",
+                "evaluation.test_cases comes first in `expert eval`; the trainer never reads it; it names the same file",
+            )
+        ],
+        patch={
+            "training": {"dataset": {"test_path": "datasets/test.jsonl"}},
+            "evaluation": {"test_cases": "datasets/./test.jsonl"},
         },
     ),
     Case(
