@@ -435,7 +435,7 @@ def _rest(m: Manifest) -> dict[str, Outcome]:
 # ----------------------------------------------------------------------------- assembly
 
 
-def _test_path_fate(test_path: str, evaluation: Evaluation | None) -> tuple[str, str]:
+def _test_path_fate(test_path: str, evaluation: Evaluation | None) -> tuple[Fate, str]:
     """`expert eval` reads evaluation.test_cases when it is set, else this file."""
     cases = evaluation.test_cases if evaluation is not None else None
     if cases is None:
