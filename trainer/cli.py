@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -138,6 +139,9 @@ def _train_and_write(plan, base_source, tokenizer, train_set, val_set) -> int:
     start = time.monotonic()
     pad = pad_id(tokenizer)
     placed: list[Path] = []
+    # SIGTERM (a supervisor, `timeout`) ends the training as Ctrl-C does: the staging folder is
+    # removed on the way out and the expert folder keeps its previous files
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with Staging(plan.expert_dir) as staging:
             # -- 3. phase 1: LoRA
@@ -188,6 +192,8 @@ def _train_and_write(plan, base_source, tokenizer, train_set, val_set) -> int:
     except OSError as exc:  # disk full, read-only expert folder...
         _err(f"cannot write the trained files: {exc}; {_written(placed)}")
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _say(f"updated {plan.expert_dir / 'manifest.json'} (sha256); total {time.monotonic() - start:.0f}s")
     return EXIT_OK
 

@@ -6,6 +6,10 @@ import hashlib
 import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -302,6 +306,24 @@ def trained(tmp_path_factory):
     expert = make_expert(tmp_path_factory.mktemp("e2e"))
     code = run_train(expert, max_steps=2)
     return expert, code
+
+
+@pytest.mark.trainer
+def test_sigterm_stops_the_training_and_leaves_the_expert_folder_as_it_was(tmp_path):
+    expert = make_expert(tmp_path)
+    before = snapshot(expert)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "trainer", str(expert), "--max-steps", "100000"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        deadline = time.monotonic() + 180
+        while not list(expert.glob(".trainer-staging-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # into the training
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: nothing written" in err
+    assert snapshot(expert) == before and not list(expert.glob(".trainer-staging-*"))
 
 
 @pytest.mark.trainer
