@@ -1,7 +1,7 @@
 """Seeded data for the example expert `contact-extract`: English text about one person -> compact JSON.
 
     python -m trainer.example_data OUT_DIR [--seed 0] [--train 3000] [--dev 150] [--wide 3000]
-        [--blind1 300] [--broad 6000] [--test 300]
+        [--blind1 300] [--broad 6000] [--blind2 300] [--varied 6000] [--test 300]
 
 writes OUT_DIR/train.jsonl, OUT_DIR/dev.jsonl and OUT_DIR/test.jsonl. Each row is a chat:
 
@@ -21,7 +21,7 @@ training: each has its own sentence shapes, distractor phrasings, name syllables
 words and titles, and the script asserts that no dev or test name, city, job or sentence occurs
 in training.
 
-Training rows come in three passes. The core pass (`--train`) uses the core sentence shapes and
+Training rows come in up to four passes. The core pass (`--train`) uses the core sentence shapes and
 vocabulary; the dev rows are drawn next; the wide pass (`--wide`) then uses more shapes: other
 clause orders, participial openers ("Based in X, ..."), distractor cities before and after the
 real one (born in, raised in, commutes to ...), field lists in other orders and hyphenated job
@@ -36,13 +36,17 @@ and words written after both analyses, scored once (an expert trained on the cor
 got 78 % of it exactly), and then read. Its misses guided the broad pass (`--broad`): texts
 composed from clauses in any order (see broad_shape), names from many languages, many titles with
 and without a period, numbers beside the age, and many English words opening a city or a job.
-So no part of the dev split is blind, though its sentences and vocabulary never occur in training.
+After the broad pass came the second blind split (`--blind2`, the test split until then), scored
+once (54 % with the adapter) and read; it follows the first in dev.jsonl. Its misses guided the
+varied pass (`--varied`, see varied_shape): British spellings to copy, praise before the job that
+is not part of it, the city before the name, the first person, the job before the name. No part
+of the dev split is blind, though its sentences and vocabulary never occur in training.
 
-The test split (`--test`) is blind: its shapes and words were written with the broad pass, before
-any expert trained on it was run, and it was never read against an expert's answers before it was
-scored. The dev rows are drawn right after the core rows, and the first blind split and the test
-split each from their own seeded generator, so no held-out row depends on `--wide` or `--broad`;
-`--wide 0 --broad 0` gives the core rows alone.
+The test split (`--test`) is blind: its shapes and words were written with the varied pass,
+before any expert trained on it was run, and it was never read against an expert's answers
+before it was scored. The dev rows are drawn right after the core rows, and each blind split and
+the test split from its own seeded generator, so no held-out row depends on `--wide`, `--broad`
+or `--varied`; `--wide 0 --broad 0` gives the core rows alone.
 """
 
 from __future__ import annotations
@@ -380,7 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="B",
         help="rows of the second blind split, written to dev.jsonl after the first (default 300)",
     )
-    parser.add_argument("--varied", type=int, default=6000, metavar="V", help="rows of the varied pass (default 6000)")
+    parser.add_argument(
+        "--varied",
+        type=int,
+        default=6000,
+        metavar="V",
+        help="rows of the varied pass (default 6000)",
+    )
     parser.add_argument("--test", type=int, default=300, metavar="M", help="rows of the test split (default 300)")
     args = parser.parse_args(argv)
     train, dev, test = make_sets(
