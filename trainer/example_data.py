@@ -81,10 +81,16 @@ def broad_shape(rng: random.Random) -> str:
     clauses += rng.sample(words.BROAD_EXTRA, rng.choice((0, 0, 1, 1, 2)))
     rng.shuffle(clauses)
     opener = rng.choice(words.BROAD_OPENERS)
-    if style < 0.6 or len(clauses) < 2:
+    return _sentences(rng, opener, clauses, two=style >= 0.6)
+
+
+def _sentences(rng: random.Random, opener: str, clauses: list[str], *, two: bool, subject: str = "") -> str:
+    """The opener and its clauses as one sentence, or (when `two` and there are two clauses or
+    more) as two, the second led by `subject`, else by a pronoun or the short name."""
+    if not two or len(clauses) < 2:
         return f"{opener} {_joined(clauses)}."
     cut = rng.randint(1, len(clauses) - 1)
-    subject = rng.choice(("She", "He", "{name_short}"))
+    subject = subject or rng.choice(("She", "He", "{name_short}"))
     return f"{opener} {_joined(clauses[:cut])}. {subject} {_joined(clauses[cut:])}."
 
 
@@ -114,11 +120,8 @@ def varied_shape(rng: random.Random) -> str:
             clauses.append(rng.choice(words.VARIED_AGE))
     clauses += extras
     rng.shuffle(clauses)
-    if rng.random() < 0.6 or len(clauses) < 2:
-        return f"{opener} {_joined(clauses)}."
-    cut = rng.randint(1, len(clauses) - 1)
-    subject = "I" if opener in words.VARIED_FIRST_PERSON else rng.choice(("She", "He", "{name_short}"))
-    return f"{opener} {_joined(clauses[:cut])}. {subject} {_joined(clauses[cut:])}."
+    two = rng.random() >= 0.6
+    return _sentences(rng, opener, clauses, two=two, subject="I" if opener in words.VARIED_FIRST_PERSON else "")
 
 
 ONES = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
