@@ -1,13 +1,16 @@
 """The words and sentence shapes contact-extract's data is made from (trainer.example_data makes it).
 
-Each split has its own: training (the core, wide and broad passes), the dev rows, the first blind
-split (now part of the dev split) and the blind test split. No split's city words, jobs, job
-modifiers, titles or names occur in another's (a test checks it).
+Each split has its own: training (the core, wide, broad, varied and spelling passes), the dev rows,
+the first, second and third blind splits (now part of the dev split) and the blind test split. No
+split's city words, jobs, job modifiers, titles or names occur in another's (a test checks it).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from trainer import open_words
 
 
 @dataclass(frozen=True)
@@ -1024,9 +1027,9 @@ VARIED_I_CITY = ("live in {city}", "have lived in {city} since {year}", "call {c
 VARIED_I_EXTRA = ("grew up in {other}", "was born in {other}", "have {count} children", "visit {other} often")
 
 
-# The test split: shapes and words written with the varied pass, before any expert trained on it was
-# run; never used to guide training or read against an expert's answers before it was scored.
-TEST_FIRST_NAMES = (
+# The third blind split (the test split until the spelling pass): shapes and words written with the
+# varied pass, before any expert trained on it was run; scored once for two experts, then read.
+BLIND3_FIRST_NAMES = (
     "Folasade",
     "Henrik",
     "Yuki",
@@ -1048,7 +1051,7 @@ TEST_FIRST_NAMES = (
     "Naledi",
     "Fionnuala",
 )
-TEST_SURNAMES = (
+BLIND3_SURNAMES = (
     "Adebayo",
     "Thorsen",
     "Matsumoto",
@@ -1070,7 +1073,7 @@ TEST_SURNAMES = (
     "Lloyd-Hughes",
     "Mbeki",
 )
-TEST_VOCAB = Vocabulary(
+BLIND3_VOCAB = Vocabulary(
     onsets=("g", "h", "n", "dw", "th", "y"),
     vowels=("a", "e", "i", "o", "u", "oe", "ui"),
     codas=("", "n", "l", "ck", "b", "r"),
@@ -1104,10 +1107,10 @@ TEST_VOCAB = Vocabulary(
         "kitchen porter",
     ),
     titles=("Insp.", "Cllr", "Canon", "Sister"),
-    first_names=TEST_FIRST_NAMES,
-    surnames=TEST_SURNAMES,
+    first_names=BLIND3_FIRST_NAMES,
+    surnames=BLIND3_SURNAMES,
 )
-TEST_TEMPLATES = [
+BLIND3_TEMPLATES = [
     "{city} native {name} ({age}) works as {a_job}.",
     "Interview notes: {name} is {age}; job - {job}; home - {city}.",
     "My name is {name}, I'm {age} years old and I'm {a_job} living in {city}.",
@@ -1124,3 +1127,153 @@ TEST_TEMPLATES = [
     "{name} ({job}, {city}) is {age}.",
     "Q: Who is {name}? A: {a_job}, aged {age}, living in {city}.",
 ]
+
+
+# The test split: shapes and words written with the spelling pass, before any expert trained on it
+# was run; never used to guide training or read against an expert's answers before it was scored.
+TEST_FIRST_NAMES = (
+    "Chidinma",
+    "Torvald",
+    "Haruka",
+    "Eilidh",
+    "Radosław",
+    "Gwenaëlle",
+    "Tomasz",
+    "Nkechi",
+    "Sindre",
+    "Itzel",
+    "Ruairí",
+    "Famke",
+    "Gudrun",
+    "Kwabena",
+    "Liesel",
+    "Ottilie",
+    "Bartholomew",
+    "Sunniva",
+    "Kiri",
+    "Teodora",
+)
+TEST_SURNAMES = (
+    "Okonkwo",
+    "Halvorsen",
+    "Nakagawa",
+    "Trevelyan",
+    "Wiśniewski",
+    "Mac Giolla",
+    "Etxeberria",
+    "Mukamana",
+    "Sundqvist",
+    "Siddiqui",
+    "Lefebvre",
+    "Babić",
+    "Goodenough",
+    "El-Amin",
+    "Ayodele",
+    "Castellano",
+    "Hoshino",
+    "van Rijn",
+    "Price-Jones",
+    "Dlamini",
+)
+TEST_VOCAB = Vocabulary(
+    onsets=("j", "q", "ph", "gw", "st", "x"),
+    vowels=("a", "e", "i", "o", "u", "ae", "ou"),
+    codas=("", "s", "m", "x", "ff", "th"),
+    accented=("ø", "û", "ą", "ì"),
+    surname_prefixes=("Fitz", "Ter ", "Lo ", "Abu "),
+    city_heads=("Ystrad", "Much", "Abbots", "Westby", ""),
+    city_roots=(
+        "Thornaby",
+        "Marlow Cross",
+        "Kilbarrack",
+        "Ashcombe",
+        "Penrith Moor",
+        "Stanwick",
+        "Wickhambrook",
+        "Llanddewi",
+    ),
+    job_modifiers=("forensic", "orchestral", "maritime", "ceremonial", "municipal", "botanical", "cathedral", ""),
+    jobs=(
+        "wheelwright",
+        "thatcher",
+        "lacemaker",
+        "cartwright",
+        "conservator",
+        "farrier",
+        "bookbinder",
+        "luthier",
+        "stenographer",
+        "cooper",
+        "hydrologist",
+        "chandler",
+        "bell ringer",
+    ),
+    titles=("Rabbi", "Supt", "Cmdr.", "Bailie"),
+    first_names=TEST_FIRST_NAMES,
+    surnames=TEST_SURNAMES,
+)
+TEST_TEMPLATES = [
+    "{name} - {age}, {job}, based in {city}.",
+    "Profile: {name} is {age} and works as {a_job}; home is {city}.",
+    "Name: {name} / Age: {age} / Town: {city} / Trade: {job}",
+    "Having trained in {other}, {name} ({age}) now works in {city} as {a_job}.",
+    "{name} turned {age} last spring and still works as {a_job} in {city}.",
+    "Ask anyone in {city} about {name}: the {age}-year-old {job} is well known there.",
+    "Hi, {name} here. I'm {age}, I work as {a_job} and I live in {city}.",
+    "{city}'s own {name}, {age}, has worked as {a_job} since {year}.",
+    "Record {count}: {name}; {age}; {job}; {city}.",
+    "{name} is {age}. {name_short} moved from {other} to {city} and became {a_job}.",
+    "Local {job} {name}, {age}, opened a second workshop in {city} in {year}.",
+    "We spoke to {name}, {age}, {a_job} from {city}.",
+    "{name} (age {age}) is employed as {a_job} and lives in {city}.",
+    "In {city}, {age}-year-old {name} earns a living as {a_job}.",
+    "{name}: {job}. {age} years. Home: {city}. Previously: {other}.",
+]
+
+
+# The spelling pass: the varied pass's shapes and people, with values that open with words from
+# trainer/open_words.txt (thousands of words the tokenizer spells in other tokens after the
+# answer's opening quote than in the text), less every word of a held-out vocabulary.
+def _words_of(v: Vocabulary) -> set[str]:
+    entries = (*v.city_heads, *v.city_roots, *v.job_modifiers, *v.jobs, *v.titles, *v.first_names, *v.surnames)
+    return {w for entry in (*entries, *v.praise) for w in re.split(r"[\s\-'.]+", entry.lower()) if w}
+
+
+HELD_OUT_WORDS = set().union(*map(_words_of, (DEV_VOCAB, BLIND1_VOCAB, BLIND2_VOCAB, BLIND3_VOCAB, TEST_VOCAB)))
+OPEN_WORDS = tuple(w for w in open_words.load() if w not in HELD_OUT_WORDS)
+AGENT_ENDINGS = (
+    "ker",
+    "ner",
+    "ter",
+    "der",
+    "ler",
+    "ger",
+    "ser",
+    "per",
+    "ber",
+    "mer",
+    "ist",
+    "ian",
+    "tor",
+    "sor",
+    "eer",
+)
+OPEN_AGENTS = tuple(  # jobs by their ending: "abolitionist", "photographer"
+    w for w in OPEN_WORDS if w.endswith(AGENT_ENDINGS) and not w.endswith(("xist", "oist", "ther", "ever", "ister"))
+)
+# Nouns by their ending ("courtroom", "tourism"): a job's modifier, never an adjective that could
+# be praise ("patient", "cheerful"), which a text may put before the job without it being part of it.
+NOUN_ENDINGS: tuple[str, ...] = (
+    *("tion", "sion", "ment", "ness", "ity", "ship", "ism", "ery", "ure", "ance", "ence", "age", "hood"),
+    *("dom", "logy", "graphy", "work", "ware", "craft", "land", "yard", "house", "room", "field", "line"),
+    *("port", "shop", "side", "water", "wood", "stone"),
+)
+OPEN_NOUNS = tuple(w for w in OPEN_WORDS if w.endswith(NOUN_ENDINGS))
+SPELLING_VOCAB = Vocabulary(
+    **{
+        **VARIED_VOCAB.__dict__,
+        "city_roots": tuple(w.capitalize() for w in OPEN_WORDS),
+        "job_modifiers": (*OPEN_NOUNS, *("",) * (len(OPEN_NOUNS) // 3)),  # a quarter of the jobs unmodified
+        "jobs": (*VARIED_VOCAB.jobs, *OPEN_AGENTS),
+    }
+)

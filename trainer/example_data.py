@@ -1,7 +1,8 @@
 """Seeded data for the example expert `contact-extract`: English text about one person -> compact JSON.
 
     python -m trainer.example_data OUT_DIR [--seed 0] [--train 3000] [--dev 150] [--wide 3000]
-        [--blind1 300] [--broad 6000] [--blind2 300] [--varied 6000] [--test 300]
+        [--blind1 300] [--broad 6000] [--blind2 300] [--varied 6000] [--blind3 300]
+        [--spelling 9000] [--test 300]
 
 writes OUT_DIR/train.jsonl, OUT_DIR/dev.jsonl and OUT_DIR/test.jsonl. Each row is a chat:
 
@@ -21,7 +22,7 @@ training: each has its own sentence shapes, distractor phrasings, name syllables
 words and titles, and the script asserts that no dev or test name, city, job or sentence occurs
 in training.
 
-Training rows come in up to four passes. The core pass (`--train`) uses the core sentence shapes and
+Training rows come in up to five passes. The core pass (`--train`) uses the core sentence shapes and
 vocabulary; the dev rows are drawn next; the wide pass (`--wide`) then uses more shapes: other
 clause orders, participial openers ("Based in X, ..."), distractor cities before and after the
 real one (born in, raised in, commutes to ...), field lists in other orders and hyphenated job
@@ -39,14 +40,20 @@ and without a period, numbers beside the age, and many English words opening a c
 After the broad pass came the second blind split (`--blind2`, the test split until then), scored
 once (54 % with the adapter) and read; it follows the first in dev.jsonl. Its misses guided the
 varied pass (`--varied`, see varied_shape): British spellings to copy, praise before the job that
-is not part of it, the city before the name, the first person, the job before the name. No part
-of the dev split is blind, though its sentences and vocabulary never occur in training.
+is not part of it, the city before the name, the first person, the job before the name. After it
+came the third blind split (`--blind3`, the test split until then), scored once for two experts
+and read; it follows the second in dev.jsonl. Its misses were nearly all one mechanism: a
+value's first word that the tokenizer spells in other tokens after the answer's opening quote than
+after a space in the text. The spelling pass (`--spelling`, see spelling_shape) gives values that
+open with thousands of such words (trainer/open_words.txt, less every held-out word). No part of
+the dev split is blind, though its sentences and vocabulary never occur in training.
 
-The test split (`--test`) is blind: its shapes and words were written with the varied pass,
+The test split (`--test`) is blind: its shapes and words were written with the spelling pass,
 before any expert trained on it was run, and it was never read against an expert's answers
 before it was scored. The dev rows are drawn right after the core rows, and each blind split and
-the test split from its own seeded generator, so no held-out row depends on `--wide`, `--broad`
-or `--varied`; `--wide 0 --broad 0` gives the core rows alone.
+the test split from its own seeded generator, so no held-out row depends on `--wide`, `--broad`,
+`--varied` or `--spelling`; `--wide 0 --broad 0 --varied 0 --spelling 0` gives the core rows
+alone.
 """
 
 from __future__ import annotations
@@ -122,6 +129,11 @@ def varied_shape(rng: random.Random) -> str:
     rng.shuffle(clauses)
     two = rng.random() >= 0.6
     return _sentences(rng, opener, clauses, two=two, subject="I" if opener in words.VARIED_FIRST_PERSON else "")
+
+
+def spelling_shape(rng: random.Random) -> str:
+    """One sentence shape of the spelling pass: a broad or a varied one (its words are the point)."""
+    return broad_shape(rng) if rng.random() < 0.5 else varied_shape(rng)
 
 
 ONES = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -279,19 +291,22 @@ def make_sets(
     n_broad: int = 0,
     n_blind2: int = 0,
     n_varied: int = 0,
+    n_blind3: int = 0,
+    n_spelling: int = 0,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, dev, test).
 
-    train: `n_train` core rows, then `n_wide` wide rows, `n_broad` broad rows and `n_varied`
-    varied rows.
+    train: `n_train` core rows, then `n_wide` wide rows, `n_broad` broad rows, `n_varied` varied
+    rows and `n_spelling` spelling rows.
     dev: `n_dev` dev rows (drawn right after the core rows, from the same generator), then
-    `n_blind1` rows of the first blind split and `n_blind2` of the second (each its own generator).
+    `n_blind1` rows of the first blind split, `n_blind2` of the second and `n_blind3` of the third
+    (each its own generator).
     test: `n_test` rows from their own shapes, words and generator.
     Each held-out part shares no name, city, job or text with any training pass (filtered where a
     pass is drawn after it, asserted where before), and the test split none with the dev split.
-    So the dev and test splits do not depend on `n_wide`, `n_broad` or `n_varied`, nor the core
-    rows on the held-out splits' sizes (the wide rows avoid the dev rows, the broad and varied rows
-    every held-out row).
+    So the dev and test splits do not depend on `n_wide`, `n_broad`, `n_varied` or `n_spelling`,
+    nor the core rows on the held-out splits' sizes (the wide rows avoid the dev rows, the broad,
+    varied and spelling rows every held-out row).
     """
     rng = random.Random(seed)
     core, core_seen = _draw(rng, n_train, words.TRAIN_TEMPLATES, words.TRAIN_VOCAB)
@@ -311,15 +326,23 @@ def make_sets(
         fields_of=(core_seen, dev_seen, blind1_seen),
         counts=(2, 40),
     )
-    test, test_seen = _draw(
+    blind3, blind3_seen = _draw(
         random.Random(f"{seed}-test3"),
-        n_test,
-        words.TEST_TEMPLATES,
-        words.TEST_VOCAB,
+        n_blind3,
+        words.BLIND3_TEMPLATES,
+        words.BLIND3_VOCAB,
         fields_of=(core_seen, dev_seen, blind1_seen, blind2_seen),
         counts=(2, 30),
     )
-    held_out = (dev_seen, blind1_seen, blind2_seen, test_seen)
+    test, test_seen = _draw(
+        random.Random(f"{seed}-test4"),
+        n_test,
+        words.TEST_TEMPLATES,
+        words.TEST_VOCAB,
+        fields_of=(core_seen, dev_seen, blind1_seen, blind2_seen, blind3_seen),
+        counts=(2, 50),
+    )
+    held_out = (dev_seen, blind1_seen, blind2_seen, blind3_seen, test_seen)
     wide, wide_seen = _draw(
         random.Random(f"{seed}-wide"),
         n_wide,
@@ -346,12 +369,21 @@ def make_sets(
         fields_of=held_out,
         counts=(2, 60),
     )
-    parts = zip(held_out, ("dev", "first blind", "second blind", "test"), strict=True)
+    spelling, spelling_seen = _draw(
+        random.Random(f"{seed}-spelling"),
+        n_spelling,
+        spelling_shape,
+        words.SPELLING_VOCAB,
+        texts_of=(core_seen, wide_seen, broad_seen, varied_seen),
+        fields_of=held_out,
+        counts=(2, 60),
+    )
+    parts = zip(held_out, ("dev", "first blind", "second blind", "third blind", "test"), strict=True)
     for seen, part in parts:
-        for trained in (core_seen, wide_seen, broad_seen, varied_seen):
+        for trained in (core_seen, wide_seen, broad_seen, varied_seen, spelling_seen):
             assert not _shares_any(trained, seen), f"a {part} row shares a text or field with training"
-    assert not any(_shares_any(test_seen, seen) for seen in held_out[:3])
-    return core + wide + broad + varied, dev + blind1 + blind2, test
+    assert not any(_shares_any(test_seen, seen) for seen in held_out[:4])
+    return core + wide + broad + varied + spelling, dev + blind1 + blind2 + blind3, test
 
 
 def _shares_any(a: dict[str, set[str]], b: dict[str, set[str]]) -> bool:
@@ -394,6 +426,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="V",
         help="rows of the varied pass (default 6000)",
     )
+    parser.add_argument(
+        "--blind3",
+        type=int,
+        default=300,
+        metavar="B",
+        help="rows of the third blind split, written to dev.jsonl after the second (default 300)",
+    )
+    parser.add_argument(
+        "--spelling", type=int, default=9000, metavar="S", help="rows of the spelling pass (default 9000)"
+    )
     parser.add_argument("--test", type=int, default=300, metavar="M", help="rows of the test split (default 300)")
     args = parser.parse_args(argv)
     train, dev, test = make_sets(
@@ -406,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         n_broad=args.broad,
         n_blind2=args.blind2,
         n_varied=args.varied,
+        n_blind3=args.blind3,
+        n_spelling=args.spelling,
     )
     splits = {"train": train, "dev": dev, "test": test}
     for name, rows in splits.items():

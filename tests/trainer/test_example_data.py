@@ -29,7 +29,17 @@ def text(row: dict) -> str:
 @pytest.fixture(scope="module")
 def contact_sets():
     return example_data.make_sets(
-        seed=3, n_train=600, n_dev=80, n_wide=300, n_test=120, n_blind1=60, n_broad=300, n_blind2=60, n_varied=300
+        seed=3,
+        n_train=600,
+        n_dev=80,
+        n_wide=300,
+        n_test=120,
+        n_blind1=60,
+        n_broad=300,
+        n_blind2=60,
+        n_varied=300,
+        n_blind3=60,
+        n_spelling=300,
     )
 
 
@@ -37,12 +47,14 @@ ALL_VOCABS = (
     contact_words.BROAD_VOCAB,
     contact_words.WIDE_TRAIN_VOCAB,
     contact_words.VARIED_VOCAB,
+    contact_words.SPELLING_VOCAB,
     contact_words.DEV_VOCAB,
     contact_words.BLIND1_VOCAB,
     contact_words.BLIND2_VOCAB,
+    contact_words.BLIND3_VOCAB,
     contact_words.TEST_VOCAB,
 )
-HELD_OUT_VOCABS = ALL_VOCABS[3:]  # dev, first blind, second blind, test
+HELD_OUT_VOCABS = ALL_VOCABS[4:]  # dev, first, second and third blind, test
 
 
 def test_contact_dev_and_test_people_share_nothing_with_training(contact_sets):
@@ -66,17 +78,17 @@ def test_each_split_has_its_own_sentence_shapes_and_words():
         named = set(v.city_roots) | set(v.jobs) | set(v.titles) | set(v.first_names) | set(v.surnames)
         return {w.lower() for w in named | set(v.praise) | {w for w in v.job_modifiers + v.city_heads if w}}
 
-    training = set().union(*map(words, ALL_VOCABS[:3]))
-    vocabularies = [training, *map(words, HELD_OUT_VOCABS)]  # training, dev, first blind, second blind, test
+    training = set().union(*map(words, ALL_VOCABS[:4]))
+    vocabularies = [training, *map(words, HELD_OUT_VOCABS)]  # training, dev, three blind splits, test
     rng = random.Random(0)
     composed = {example_data.broad_shape(rng) for _ in range(3000)} | {
         example_data.varied_shape(rng) for _ in range(3000)
     }
     shapes = [set(contact_words.TRAIN_TEMPLATES + contact_words.WIDE_TEMPLATES) | composed]
-    for held_out in ("DEV", "BLIND1", "BLIND2", "TEST"):
+    for held_out in ("DEV", "BLIND1", "BLIND2", "BLIND3", "TEST"):
         shapes.append(set(getattr(contact_words, f"{held_out}_TEMPLATES")))
-    for i in range(5):
-        for j in range(i + 1, 5):
+    for i in range(6):
+        for j in range(i + 1, 6):
             assert not (vocabularies[i] & vocabularies[j]), (i, j, vocabularies[i] & vocabularies[j])
             assert not (shapes[i] & shapes[j]), (i, j)
 
@@ -96,7 +108,7 @@ def test_contact_targets_are_copied_from_the_text(contact_sets):
 
 def test_contact_data_covers_the_hard_cases(contact_sets):
     train, _, test = contact_sets
-    for rows, accents in ((train, "áéöñ"), (test, "őùāē")):
+    for rows, accents in ((train, "áéöñ"), (test, "øûąì")):
         texts = [text(r) for r in rows]
         assert any(t == t.lower() for t in texts)  # lowercase
         assert any(t.count(".") >= 2 and "." in t[:-1] for t in texts)  # two sentences
@@ -107,24 +119,28 @@ def test_contact_data_covers_the_hard_cases(contact_sets):
     assert any("-" in fields(r)["job"] for r in train)  # hyphenated job modifiers
 
 
-def test_contact_dev_and_test_splits_do_not_depend_on_the_wide_broad_and_varied_passes(contact_sets):
+def test_contact_dev_and_test_splits_do_not_depend_on_the_training_passes(contact_sets):
     core_train, core_dev, core_test = example_data.make_sets(
-        seed=3, n_train=600, n_dev=80, n_test=120, n_blind1=60, n_blind2=60
+        seed=3, n_train=600, n_dev=80, n_test=120, n_blind1=60, n_blind2=60, n_blind3=60
     )
     train, dev, test = contact_sets
     assert dev == core_dev and test == core_test
-    assert train[:600] == core_train and len(train) == 1500
+    assert train[:600] == core_train and len(train) == 1800
     added_texts = [text(r) for r in train[600:]]
     assert len(set(added_texts)) == len(added_texts)
 
 
-def test_the_dev_split_is_the_dev_rows_then_the_first_and_second_blind_splits(contact_sets):
+def test_the_dev_split_is_the_dev_rows_then_the_three_blind_splits(contact_sets):
     """Each blind split keeps its own generator: its rows do not depend on the other parts."""
     _, dev, _ = contact_sets
     _, dev_only, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80)
     _, with_blind1, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_blind1=60, n_test=5, n_broad=40)
-    _, with_both, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_blind1=60, n_blind2=60, n_varied=40)
-    assert dev[:80] == dev_only and dev[:140] == with_blind1 and dev == with_both and len(dev) == 200
+    _, with_two, _ = example_data.make_sets(seed=3, n_train=600, n_dev=80, n_blind1=60, n_blind2=60, n_varied=40)
+    _, with_three, _ = example_data.make_sets(
+        seed=3, n_train=600, n_dev=80, n_blind1=60, n_blind2=60, n_blind3=60, n_spelling=40
+    )
+    assert dev[:80] == dev_only and dev[:140] == with_blind1 and dev[:200] == with_two
+    assert dev == with_three and len(dev) == 260
 
 
 def test_the_broad_pass_covers_titles_counts_and_open_vocabulary(contact_sets):
@@ -142,7 +158,7 @@ def test_the_broad_pass_covers_titles_counts_and_open_vocabulary(contact_sets):
 
 def test_the_varied_pass_covers_praise_the_city_first_the_first_person_and_british_spellings(contact_sets):
     train, _, _ = contact_sets
-    varied = [(text(r), fields(r)) for r in train[1200:]]
+    varied = [(text(r), fields(r)) for r in train[1200:1500]]
     praised = [(t, f) for t, f in varied if any(f" {p} {f['job']}" in t for p in contact_words.VARIED_PRAISE)]
     assert len(praised) > 30  # "a talented baker": the praise is written, the job is "baker"
     assert not any(f["job"].startswith(contact_words.VARIED_PRAISE) for _, f in varied)
@@ -151,6 +167,37 @@ def test_the_varied_pass_covers_praise_the_city_first_the_first_person_and_briti
     assert sum(t.index(f["job"]) < t.index(f["name"]) for t, f in varied) > 30  # "The baker X ..."
     british = ("our", "tre", "lling", "aedi", "aesth", "mme", "ogue", "ium", "ised")
     assert sum(any(b in f["job"] for b in british) for _, f in varied) > 30
+
+
+def test_the_spelling_pass_opens_values_with_many_words_spelt_anew_after_a_quote(contact_sets):
+    train, _, _ = contact_sets
+    spelling = [fields(r) for r in train[1500:]]
+    listed = set(contact_words.OPEN_WORDS)
+    firsts = [f["job"].split()[0].lower() for f in spelling] + [f["city"].split()[-1].lower() for f in spelling]
+    assert sum(w in listed for w in firsts) > 300 and len(set(firsts) & listed) > 250  # seldom the same word
+    # a job opens with a noun modifier or is a job: never with a listed word that could be praise
+    job_firsts = set(contact_words.OPEN_NOUNS) | {j.split()[0] for j in contact_words.SPELLING_VOCAB.jobs}
+    assert all(f["job"].split()[0].lower() in job_firsts for f in spelling)
+    assert "passionate" in listed and "passionate" not in job_firsts
+    assert not (listed & contact_words.HELD_OUT_WORDS)
+    held_out_words = {
+        w for v in HELD_OUT_VOCABS for w in re.split(r"[\s\-'.]+", " ".join(v.jobs + v.job_modifiers).lower())
+    }
+    assert "hospice" in held_out_words and not (listed & held_out_words)
+
+
+def test_the_open_word_list_is_what_the_script_makes():
+    """trainer/open_words.txt: the tokenizer's words that open a JSON value in other tokens than in text."""
+    from transformers import AutoTokenizer
+
+    from server.manifest.embedded import prepare
+    from trainer import open_words
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepare()))
+    assert list(open_words.load()) == open_words.open_words(tokenizer)
+    listed = set(open_words.load())
+    assert "ultrasonic" in listed  # one token after a space, three after a quote
+    assert "mobile" not in listed  # one token both ways
 
 
 def test_the_contact_grammar_admits_every_answer_and_no_value_that_starts_with_a_space(contact_sets):
@@ -169,13 +216,14 @@ def test_the_contact_grammar_admits_every_answer_and_no_value_that_starts_with_a
 
 
 @pytest.mark.parametrize(
-    ("expert", "wide", "broad", "varied"),
-    [("contact-extract", "3000", "6000", "6000"), ("contact-extract-prompt", "0", "0", "0")],
+    ("expert", "wide", "broad", "varied", "spelling"),
+    [("contact-extract", "3000", "6000", "6000", "9000"), ("contact-extract-prompt", "0", "0", "0", "0")],
 )
-def test_the_shipped_contact_data_is_what_the_script_makes(expert, wide, broad, varied, tmp_path):
+def test_the_shipped_contact_data_is_what_the_script_makes(expert, wide, broad, varied, spelling, tmp_path):
     shipped = REPO / "experts" / expert / "datasets"
     args = ["--seed", "0", "--train", "3000", "--dev", "150", "--wide", wide, "--test", "300"]
     args += ["--blind1", "300", "--broad", broad, "--blind2", "300", "--varied", varied]
+    args += ["--blind3", "300", "--spelling", spelling]
     assert example_data.main([str(tmp_path), *args]) == 0
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
         assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
