@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import shutil
 import signal
 import sys
@@ -318,6 +319,20 @@ def write_failures(path: Path, failures: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def stop_child_processes(grace_s: float = 10.0) -> None:
+    """Stop what is left of the engine's processes after an interruption. The engine's own shutdown
+    can be cut short by it, and a child process still running keeps this one from exiting."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join(1.0)
+
+
 def run_eval(
     expert_dir: Path,
     *,
@@ -339,6 +354,7 @@ def run_eval(
         return 1
     except KeyboardInterrupt:
         print("eval: interrupted", file=sys.stderr)
+        stop_child_processes()
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
