@@ -194,8 +194,9 @@ def test_the_open_word_list_is_what_the_script_makes():
     from trainer import open_words
 
     tokenizer = AutoTokenizer.from_pretrained(str(prepare()))
-    assert list(open_words.load()) == open_words.open_words(tokenizer)
-    listed = set(open_words.load())
+    loaded = open_words.load()
+    assert list(loaded) == open_words.open_words(tokenizer)
+    listed = set(loaded)
     assert "ultrasonic" in listed  # one token after a space, three after a quote
     assert "mobile" not in listed  # one token both ways
 
