@@ -106,7 +106,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from server.commands.evaluate import run_eval
 
     only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
-    return run_eval(Path(args.expert_dir), as_json=args.json, limit=args.limit, only=only, failures=args.failures)
+    return run_eval(
+        Path(args.expert_dir), as_json=args.json, limit=args.limit, only=only, failures=args.failures, cases=args.cases
+    )
 
 
 def cmd_package(args: argparse.Namespace) -> int:
@@ -188,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants", help="comma-separated variants to run (default: every variant the expert's files allow)"
     )
     p.add_argument("--failures", type=Path, help="write every case a variant got wrong to this file (JSON lines)")
+    p.add_argument(
+        "--cases",
+        metavar="FILE",
+        help="JSONL test cases inside the expert folder, instead of the manifest's (e.g. datasets/dev.jsonl)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("package", help="write an expert folder as a .expert package (+ .sha256 sidecar)")

@@ -15,7 +15,8 @@ max_tokens, ...): the base rows are served as a copy of the expert with its adap
 prompts removed, so the comparison is between models, not between decoding settings.
 
 Test cases: `evaluation.test_cases` (a JSONL path or an inline list) or else
-`training.dataset.test_path`; rows are `{"messages": [..., {"role": "assistant", "content": target}]}`
+`training.dataset.test_path`; `--cases FILE` names another JSONL file inside the expert folder
+instead (a dev split, say, to choose between candidates without touching the test split); rows are `{"messages": [..., {"role": "assistant", "content": target}]}`
 or `{"prompt", "completion"}`. The metric is `evaluation.metric`:
 - `exact_match` (default): the output equals the target (as JSON values when both parse, else as
   stripped text); it is valid when it parses as JSON (experts that ask for JSON) or is non-empty;
@@ -53,12 +54,23 @@ class Variant:
     grammar: bool
 
 
-def load_cases(expert_dir: Path, manifest: Any) -> list[tuple[list[dict[str, str]], str]]:
+def cases_source(manifest: Any, cases_file: str | None = None) -> Any:
+    """Where the test cases come from: `cases_file` when given, else `evaluation.test_cases` (a
+    path or an inline list), else `training.dataset.test_path`."""
+    if cases_file is not None:
+        return cases_file
     source = manifest.evaluation.test_cases if manifest.evaluation else None
     if source is None and manifest.training and manifest.training.dataset:
         source = manifest.training.dataset.test_path
     if source is None:
         raise ValueError("no test cases: set evaluation.test_cases or training.dataset.test_path")
+    return source
+
+
+def load_cases(
+    expert_dir: Path, manifest: Any, cases_file: str | None = None
+) -> list[tuple[list[dict[str, str]], str]]:
+    source = cases_source(manifest, cases_file)
     if isinstance(source, list):
         rows = source
     else:
@@ -197,7 +209,11 @@ def summarise(outcomes: dict[str, list[tuple[bool, bool]]]) -> tuple[dict[str, A
 
 
 async def evaluate(
-    expert_dir: Path, limit: int | None = None, concurrency: int = 16, only: Sequence[str] | None = None
+    expert_dir: Path,
+    limit: int | None = None,
+    concurrency: int = 16,
+    only: Sequence[str] | None = None,
+    cases_file: str | None = None,
 ) -> dict[str, Any]:
     import httpx
     from asgi_lifespan import LifespanManager
@@ -208,7 +224,8 @@ async def evaluate(
 
     expert_dir = expert_dir.resolve()
     manifest = load_manifest(expert_dir)
-    cases = load_cases(expert_dir, manifest)[: limit or None]
+    source = cases_source(manifest, cases_file)
+    cases = load_cases(expert_dir, manifest, cases_file)[: limit or None]
     rows = select(
         variants(
             adapter=bool(manifest.bases()[0][1]),
@@ -279,6 +296,7 @@ async def evaluate(
         "expert": manifest.name,
         "version": manifest.version,
         "cases": len(cases),
+        "cases_file": source if isinstance(source, str) else None,  # None: the manifest's inline list
         "metric": metric,
         "variants": table,
         "comparisons": comparisons,
@@ -292,7 +310,9 @@ def _pct(x: float) -> str:
 
 def render_table(report: dict[str, Any]) -> str:
     lines = [
-        f"{report['expert']} {report['version']}: {report['cases']} test cases, metric {report['metric']}",
+        f"{report['expert']} {report['version']}: {report['cases']} test cases"
+        + (f" from {json.dumps(report['cases_file'])}" if report.get("cases_file") else "")
+        + f", metric {report['metric']}",
         "",
         "| variant | valid | correct | score % (95% CI) |",
         "|---|---|---|---|",
@@ -340,6 +360,7 @@ def run_eval(
     limit: int | None = None,
     only: Sequence[str] | None = None,
     failures: Path | None = None,
+    cases: str | None = None,
 ) -> int:
     if failures is not None and not failures.parent.is_dir():
         print(f"error: --failures: no folder {str(failures.parent)!r}", file=sys.stderr)
@@ -348,7 +369,7 @@ def run_eval(
     # processes would otherwise outlive this one, busy, with no parent)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        report = asyncio.run(evaluate(expert_dir, limit, only=only))
+        report = asyncio.run(evaluate(expert_dir, limit, only=only, cases_file=cases))
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,13 +1,16 @@
 """`expert eval` options checked before the engine starts: `--variants` (a subset of the variants
-an expert's files allow) and `--failures`."""
+an expert's files allow), `--failures` and `--cases` (test cases from another file inside the
+expert folder)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from server.commands.evaluate import run_eval, select, variants
+from server.commands.evaluate import cases_source, load_cases, run_eval, select, variants
+from server.manifest.schema import load_manifest
 
 pytestmark = pytest.mark.unit
 
@@ -32,3 +35,26 @@ def test_failures_into_a_missing_folder_is_a_clear_error_before_the_engine_start
     assert run_eval(REPO / "experts" / "contact-extract", failures=target) == 1
     assert "--failures: no folder" in capsys.readouterr().err
     assert not target.parent.exists()
+
+
+def test_cases_replaces_the_manifests_test_cases_with_a_file_inside_the_expert_folder():
+    expert = REPO / "experts" / "contact-extract"
+    manifest = load_manifest(expert)
+    test = load_cases(expert, manifest)
+    dev = load_cases(expert, manifest, "datasets/dev.jsonl")
+    assert cases_source(manifest) == "datasets/test.jsonl" and len(test) == 300
+    assert cases_source(manifest, "datasets/dev.jsonl") == "datasets/dev.jsonl" and len(dev) == 1050
+    assert dev[0] != test[0]
+
+
+@pytest.mark.parametrize("name", ["../outside.jsonl", "/etc/passwd", "datasets/nope.jsonl", "link.jsonl"])
+def test_cases_outside_the_expert_folder_or_missing_is_a_clear_error_before_the_engine_starts(tmp_path, capsys, name):
+    expert = tmp_path / "contact-extract"
+    shutil.copytree(REPO / "experts" / "contact-extract", expert)
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text((expert / "datasets" / "test.jsonl").read_text())
+    (expert / "link.jsonl").symlink_to(outside)  # a link that leads out of the folder
+    with pytest.raises(ValueError, match="not found inside the expert folder"):
+        load_cases(expert, load_manifest(expert), name)
+    assert run_eval(expert, cases=name) == 1
+    assert "not found inside the expert folder" in capsys.readouterr().err
