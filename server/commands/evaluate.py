@@ -16,8 +16,9 @@ prompts removed, so the comparison is between models, not between decoding setti
 
 Test cases: `evaluation.test_cases` (a JSONL path or an inline list) or else
 `training.dataset.test_path`; `--cases FILE` names another JSONL file inside the expert folder
-instead (a dev split, say, to choose between candidates without touching the test split); rows are `{"messages": [..., {"role": "assistant", "content": target}]}`
-or `{"prompt", "completion"}`. The metric is `evaluation.metric`:
+instead (a dev split, say, to choose between candidates without touching the test split). Rows
+are `{"messages": [..., {"role": "assistant", "content": target}]}` or `{"prompt", "completion"}`.
+The metric is `evaluation.metric`:
 - `exact_match` (default): the output equals the target (as JSON values when both parse, else as
   stripped text); it is valid when it parses as JSON (experts that ask for JSON) or is non-empty;
 - `sql_execution`: the output, run as a query on `evaluation.database` (read-only), returns the
