@@ -107,7 +107,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     return run_eval(
-        Path(args.expert_dir), as_json=args.json, limit=args.limit, only=only, failures=args.failures, cases=args.cases
+        Path(args.expert_dir),
+        as_json=args.json,
+        limit=args.limit,
+        only=only,
+        failures=args.failures,
+        cases_file=args.cases,
     )
 
 

@@ -68,10 +68,9 @@ def cases_source(manifest: Any, cases_file: str | None = None) -> Any:
     return source
 
 
-def load_cases(
-    expert_dir: Path, manifest: Any, cases_file: str | None = None
-) -> list[tuple[list[dict[str, str]], str]]:
-    source = cases_source(manifest, cases_file)
+def load_cases(expert_dir: Path, source: Any) -> list[tuple[list[dict[str, str]], str]]:
+    """The (messages, target) pairs of `source`, as `cases_source` gives it: an inline list, or
+    a JSONL path read only from inside `expert_dir`."""
     if isinstance(source, list):
         rows = source
     else:
@@ -226,7 +225,7 @@ async def evaluate(
     expert_dir = expert_dir.resolve()
     manifest = load_manifest(expert_dir)
     source = cases_source(manifest, cases_file)
-    cases = load_cases(expert_dir, manifest, cases_file)[: limit or None]
+    cases = load_cases(expert_dir, source)[: limit or None]
     rows = select(
         variants(
             adapter=bool(manifest.bases()[0][1]),
@@ -361,7 +360,7 @@ def run_eval(
     limit: int | None = None,
     only: Sequence[str] | None = None,
     failures: Path | None = None,
-    cases: str | None = None,
+    cases_file: str | None = None,
 ) -> int:
     if failures is not None and not failures.parent.is_dir():
         print(f"error: --failures: no folder {str(failures.parent)!r}", file=sys.stderr)
@@ -370,7 +369,7 @@ def run_eval(
     # processes would otherwise outlive this one, busy, with no parent)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        report = asyncio.run(evaluate(expert_dir, limit, only=only, cases_file=cases))
+        report = asyncio.run(evaluate(expert_dir, limit, only=only, cases_file=cases_file))
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -40,8 +40,8 @@ def test_failures_into_a_missing_folder_is_a_clear_error_before_the_engine_start
 def test_cases_replaces_the_manifests_test_cases_with_a_file_inside_the_expert_folder():
     expert = REPO / "experts" / "contact-extract"
     manifest = load_manifest(expert)
-    test = load_cases(expert, manifest)
-    dev = load_cases(expert, manifest, "datasets/dev.jsonl")
+    test = load_cases(expert, cases_source(manifest))
+    dev = load_cases(expert, cases_source(manifest, "datasets/dev.jsonl"))
     assert cases_source(manifest) == "datasets/test.jsonl" and len(test) == 300
     assert cases_source(manifest, "datasets/dev.jsonl") == "datasets/dev.jsonl" and len(dev) == 1050
     assert dev[0] != test[0]
@@ -55,6 +55,6 @@ def test_cases_outside_the_expert_folder_or_missing_is_a_clear_error_before_the_
     outside.write_text((expert / "datasets" / "test.jsonl").read_text())
     (expert / "link.jsonl").symlink_to(outside)  # a link that leads out of the folder
     with pytest.raises(ValueError, match="not found inside the expert folder"):
-        load_cases(expert, load_manifest(expert), name)
-    assert run_eval(expert, cases=name) == 1
+        load_cases(expert, cases_source(load_manifest(expert), name))
+    assert run_eval(expert, cases_file=name) == 1
     assert "not found inside the expert folder" in capsys.readouterr().err
