@@ -322,7 +322,8 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['valid']}/{r['n']} | {r['correct']}/{r['n']} | {_pct(r['score'])} ({_pct(lo)}–{_pct(hi)}) |"
         )
-    lines += ["", "| a → b | difference, points (95% CI) | McNemar p |", "|---|---|---|"]
+    if report["comparisons"]:  # one variant has nothing to be compared with
+        lines += ["", "| a → b | difference, points (95% CI) | McNemar p |", "|---|---|---|"]
     for c in report["comparisons"]:
         lo, hi = c["ci95"]
         lines.append(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.commands.evaluate import cases_source, load_cases, run_eval, select, variants
+from server.commands.evaluate import cases_source, load_cases, render_table, run_eval, select, variants
 from server.manifest.schema import load_manifest
 
 pytestmark = pytest.mark.unit
@@ -58,3 +58,14 @@ def test_cases_outside_the_expert_folder_or_missing_is_a_clear_error_before_the_
         load_cases(expert, cases_source(load_manifest(expert), name))
     assert run_eval(expert, cases_file=name) == 1
     assert "not found inside the expert folder" in capsys.readouterr().err
+
+
+def test_the_table_of_one_variant_has_no_comparisons_table():
+    row = {"n": 4, "valid": 4, "correct": 3, "score": 0.75, "ci95": [0.25, 1.0]}
+    report = {"expert": "x", "version": "1", "cases": 4, "metric": "exact_match", "variants": {"lora": row}}
+    one = render_table({**report, "comparisons": []})
+    assert "| lora | 4/4 | 3/4 | 75.0 (25.0–100.0) |" in one and "McNemar" not in one
+    pair = {"a": "lora", "b": "lora+grammar", "difference": 0.25, "ci95": [0.0, 0.5], "p_value": 1.0}
+    two = render_table({**report, "variants": {"lora": row, "lora+grammar": row}, "comparisons": [pair]})
+    assert "| a → b | difference, points (95% CI) | McNemar p |" in two
+    assert "| lora → lora+grammar | 25.0 (0.0 to 50.0) | 1 |" in two
