@@ -108,10 +108,15 @@ class ArtifactReport:
 
 def inside(root: Path, relative: str) -> Path | None:
     """`root / relative`, resolved (links followed), when it stays inside `root`; None for
-    absolute paths and for paths that leave the folder, through `..` or through a link."""
+    absolute paths, for paths that leave the folder, through `..` or through a link, and for
+    names the file system cannot hold (a part longer than it allows)."""
     if not relative or Path(relative).is_absolute() or "\x00" in relative:
         return None
     candidate = (root / relative).resolve()
+    try:
+        candidate.exists()  # raises for a name too long, where "no such file" is the answer
+    except OSError:
+        return None
     base = root.resolve()
     return candidate if candidate == base or base in candidate.parents else None
 

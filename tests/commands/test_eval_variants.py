@@ -47,7 +47,9 @@ def test_cases_replaces_the_manifests_test_cases_with_a_file_inside_the_expert_f
     assert dev[0] != test[0]
 
 
-@pytest.mark.parametrize("name", ["../outside.jsonl", "/etc/passwd", "datasets/nope.jsonl", "link.jsonl"])
+@pytest.mark.parametrize(
+    "name", ["../outside.jsonl", "/etc/passwd", "datasets/nope.jsonl", "link.jsonl", "x" * 5000, "datasets"]
+)
 def test_cases_outside_the_expert_folder_or_missing_is_a_clear_error_before_the_engine_starts(tmp_path, capsys, name):
     expert = tmp_path / "contact-extract"
     shutil.copytree(REPO / "experts" / "contact-extract", expert)

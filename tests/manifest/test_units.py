@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from server.manifest.artifacts import inside
 from server.manifest.grammar import left_recursion, parse_rules
 from server.manifest.hints import CPU_ATTENTION, engine_wide_diff, plan_engine, requests_of
 from server.manifest.sampling import SERVER_DEFAULTS, expert_defaults, header_value, resolve
@@ -309,3 +310,15 @@ def test_left_recursion_toy_grammars(grammar: str, expected: list[list[str]]) ->
         assert len(cycles) == 1 and set(cycles[0]) == set(expected[0]) and cycles[0][0] == cycles[0][-1]
     else:
         assert cycles == expected
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def test_inside_keeps_paths_in_the_folder_and_refuses_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "expert"
+    (root / "data").mkdir(parents=True)
+    (root / "out").symlink_to(tmp_path)
+    assert inside(root, "data/missing.jsonl") == (root / "data" / "missing.jsonl").resolve()
+    for bad in ("", "/etc/passwd", "../x", "out/x", "a\x00b", "x" * 5000, "data/" + "y" * 300):
+        assert inside(root, bad) is None, bad[:20]
