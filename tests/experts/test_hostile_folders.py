@@ -173,6 +173,41 @@ def test_no_file_is_read_through_a_link_out_of_the_expert_folder(tmp_path: Path)
     assert [h.name.split("@")[0] for h in engine.loras.values()] == ["inner-link"]
 
 
+def test_file_names_longer_than_the_file_system_allows_are_refused_not_a_crash(tmp_path: Path) -> None:
+    """A manifest may name a file no file system can hold (5,000 characters): the field is refused
+    with its reason, at start-up and on reload, and the other experts are served."""
+    root = tmp_path / "experts"
+    lora_expert(root, "healthy")
+    long = "p" * 5000
+    write_expert(
+        root, manifest("long-soft-prompt", soft_prompts=[{"name": "x", "path": f"{long}.safetensors", "tokens": 4}])
+    )
+    write_expert(root, manifest("long-grammar", decoding={"use_grammar": True, "grammar_file": f"{long}.gbnf"}))
+    write_expert(root, manifest("long-adapter", adapter={**ADAPTER, "path": long}))
+    fields = {
+        "long-soft-prompt": "soft_prompts[0].path",
+        "long-grammar": "training.decoding.grammar_file",
+        "long-adapter": "base_models[0].adapters[0].path",
+    }
+    names = tuple(fields)
+
+    async def go(client, gw):
+        listing = (await client.get("/experts")).json()
+        reloads = {n: await client.post(f"/experts/{n}/reload") for n in names}
+        chat = await client.post("/v1/chat/completions", json={"model": "healthy", "messages": Q})
+        return listing, reloads, chat
+
+    (listing, reloads, chat), engine = call(root, go, tmp_path)
+    assert [e["name"] for e in listing["experts"]] == ["healthy"]
+    assert chat.status_code == 200
+    for name in names:
+        assert fields[name] in reasons(listing, name), listing
+        assert reloads[name].status_code == 422, (name, reloads[name].text)
+        assert reloads[name].json()["error"]["type"] == "invalid_expert"
+        assert long not in reloads[name].text  # the name is data, not echoed back whole
+    assert [h.name.split("@")[0] for h in engine.loras.values()] == ["healthy"]
+
+
 # ----------------------------------------------------------------------------- deep and big
 
 
