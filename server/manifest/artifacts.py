@@ -32,7 +32,9 @@ from server.manifest.schema import MANIFEST_FILENAME, Adapter, Manifest
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DEFAULT_GRAMMAR = "grammar.gbnf"
-OUTSIDE = "must be a relative path inside the expert folder (links out of it are refused)"
+OUTSIDE = (
+    "must be a relative path inside the expert folder, in names the file system can hold (links out of it are refused)"
+)
 MAX_ADAPTER_CONFIG_BYTES = 1_000_000
 MAX_SOFT_PROMPT_BYTES = 256 << 20  # 16k tokens of a 4096-wide model in float32; a soft prompt is far smaller
 ADAPTER_DTYPES = ("F16", "BF16", "F32")  # safetensors dtype names the engine casts from exactly
