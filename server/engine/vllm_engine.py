@@ -12,6 +12,8 @@ engine that died raises `NotReady` (and stays dead); a request the engine refuse
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -347,6 +349,52 @@ class VLLMEngine:
         llm, self._llm = self._llm, None
         self._dead = True
         if llm is not None:
+            stop_output_handler(llm)
             llm.shutdown()
             del llm
             gc.collect()  # AsyncLLM.__del__ shuts down again: let it run now, not at interpreter exit
+
+
+def stop_output_handler(llm: Any, timeout_s: float = 10.0) -> None:
+    """Cancel `AsyncLLM`'s output handler before its engine processes stop.
+
+    vLLM's `AsyncLLM.shutdown` stops the engine core first and cancels the handler after. The
+    gateway shuts the engine down from a worker thread while its event loop runs, so in between the
+    handler may read the closing of the engine's socket as a dead engine and log an ERROR with an
+    `EngineDeadError` traceback at an ordinary shutdown. Cancelled first, it ends quietly. Requests
+    still waiting (none after a graceful stop) get the engine's death as their error instead of
+    waiting for outputs that will not come.
+    """
+    task = getattr(llm, "output_handler", None)
+    if task is None or task.done():
+        return
+    loop = task.get_loop()
+    try:
+        on_loop = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        on_loop = False
+
+    def fail_waiting() -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        processor = getattr(llm, "output_processor", None)
+        if processor is not None and processor.has_unfinished_requests():
+            processor.propagate_error(EngineDeadError())
+
+    if on_loop:  # the loop cannot run the handler until this shutdown returns: cancelling is enough
+        task.cancel()
+        fail_waiting()
+        return
+    if loop.is_closed() or not loop.is_running():
+        return
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        fail_waiting()
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel(), loop).result(timeout_s)
+    except (concurrent.futures.TimeoutError, RuntimeError):  # shutting down anyway
+        log.warning("the engine's output handler did not stop within %.0f s", timeout_s)

@@ -26,6 +26,9 @@ def eval_json(expert: Path, limit: int = 6, *extra: str) -> dict:
         timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    # the engine stops quietly: vLLM's output handler, left running while the engine's processes
+    # stop, logged their end as a dead engine with a traceback (server/engine/vllm_engine.py)
+    assert "Traceback" not in out.stderr and "EngineDeadError" not in out.stderr, out.stderr[-3000:]
     return json.loads(out.stdout)
 
 
