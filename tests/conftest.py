@@ -114,6 +114,15 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
         ),
         files={"grammar.gbnf": JSON_GRAMMAR_GBNF},
     )
+    # its grammar copies the answer from the request's text (input-span, defined per request)
+    write_expert(
+        root,
+        manifest(
+            "copier",
+            decoding={"use_grammar": True, "grammar_type": "gbnf", "grammar_file": "grammar.gbnf", "max_tokens": 64},
+        ),
+        files={"grammar.gbnf": 'root ::= "{\\"answer\\": \\"" input-span "\\"}"\n'},
+    )
     write_expert(root, manifest("short-ctx", runtime={"max_model_len": 128, "attention_kernel": "flash-v2"}))
     # used only by tests/api/test_metrics.py, so its counts are exactly what that test sends
     write_expert(

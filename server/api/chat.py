@@ -35,7 +35,15 @@ from server.errors import APIError, InvalidRequest
 from server.experts.registry import ExpertSnapshot
 from server.manifest import prompt_formats
 from server.manifest.grammar import json_schema_problem
-from server.manifest.sampling import JsonObject, JsonSchema, ResolvedSampling, StructuredOutput, header_value, resolve
+from server.manifest.sampling import (
+    Grammar,
+    JsonObject,
+    JsonSchema,
+    ResolvedSampling,
+    StructuredOutput,
+    header_value,
+    resolve,
+)
 
 SOFT_PROMPT_OFF = "none"
 NO_TOOLS = ToolPlan("none")
@@ -143,6 +151,7 @@ def plan_chat(
         server_defaults=server_defaults,
         embeds_for_all=embeds_for_all,
         tools=tools,
+        source_text="\n".join(str(m["content"]) for m in messages if m["role"] == "user" and m.get("content")),
     )
 
 
@@ -184,9 +193,11 @@ def plan_generation(
     tools: ToolPlan = NO_TOOLS,
     id_prefix: str = "chatcmpl",
     param: str = "messages",
+    source_text: str = "",
 ) -> PlannedChat:
     """The checks and decisions chat and text completions share, from the prompt's token ids on:
-    soft prompt, context, sampling, constraint, logit bias, logprobs."""
+    soft prompt, context, sampling, constraint, logit bias, logprobs. `source_text` is the text an
+    expert's grammar may copy from (its rule `input-span`): the user's messages, or the prompt."""
     soft_name: str | None = None
     soft_tensor = None
     if req.soft_prompt is not None and expert is None:
@@ -262,6 +273,14 @@ def plan_generation(
             "under tool_choice 'auto'",
             param="tool_choice",
         )
+
+    if isinstance(structured, Grammar) and structured.copies_input:  # the expert's own grammar
+        try:
+            structured = structured.for_text(source_text)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"expert {req.model!r} copies values of its answer from the text: {exc}", param=param
+            ) from None
 
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
     generation = GenerationRequest(

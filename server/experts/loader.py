@@ -33,6 +33,7 @@ from server.manifest.artifacts import (
 from server.manifest.constraints import check_constraints
 from server.manifest.embedded import sha256_file
 from server.manifest.fates import field_fates, output_check
+from server.manifest.grammar import copies_input
 from server.manifest.hints import EnginePlan, hints_against_engine
 from server.manifest.sampling import Grammar, JsonObject, StructuredOutput, expert_defaults
 from server.manifest.schema import (
@@ -229,7 +230,8 @@ class Loader:
         if kind == "json":
             structured = JsonObject()
         elif kind == "gbnf" and report.grammar_text is not None:
-            structured = Grammar(report.grammar_text)  # the text check_artifacts read and compiled
+            # the text check_artifacts read and compiled
+            structured = Grammar(report.grammar_text, copies_input=copies_input(report.grammar_text))
         d = m.decoding
         check = output_check(d)
         evidence: dict[str, Any] = {}

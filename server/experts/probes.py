@@ -35,12 +35,20 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.vllm_engine import LoRAHandle
+from server.manifest.grammar import copies_input
 from server.manifest.hints import HintOutcome
+from server.manifest.sampling import Grammar
 from server.manifest.schema import Manifest
 
 log = logging.getLogger("expert_gateway.probes")
 
 PROBE_MESSAGES = [{"role": "user", "content": "Name three colours."}]
+
+
+def _probe_text() -> str:
+    return "\n".join(m["content"] for m in PROBE_MESSAGES if m["role"] == "user")
+
+
 TOP_LOGPROBS = 20
 MIN_CHANGE = 1e-3  # largest log-probability change below which nothing changed
 GRAMMAR_SAMPLE_TOKENS = 12
@@ -280,7 +288,10 @@ def subject_of(
         lora=lora,
         soft_prompts=soft_prompts,
         grammar_field=field_name,
-        grammar=grammar_text if grammar_kind == "gbnf" else None,
+        # a grammar that copies from the request's text copies from the probe's prompt
+        grammar=Grammar(grammar_text, copies_input=copies_input(grammar_text)).for_text(_probe_text()).text
+        if grammar_kind == "gbnf" and grammar_text is not None
+        else None,
         json_object=grammar_kind == "json",
         tokenizer_dir=tokenizer_dir,
         hints=list(hints),

@@ -22,6 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from server.manifest import input_spans
+
 MAX_GRAMMAR_BYTES = 100_000
 MAX_GRAMMAR_RULES = 1_000
 MAX_GRAMMAR_NESTING = 64
@@ -216,6 +218,11 @@ def limits_problem(text: str) -> str | None:
     return None
 
 
+def copies_input(text: str) -> bool:
+    """Whether the grammar leaves the rule `input-span` to each request (server.manifest.input_spans)."""
+    return input_spans.uses_input_spans(text, set(parse_rules(text)))
+
+
 _compile_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar-compile")
 
 
@@ -224,9 +231,20 @@ def compile_gbnf(text: str, tokenizer_dir: Path | None, time_limit: float = GRAM
     problem = limits_problem(text)
     if problem is not None:
         return GrammarReport(False, f"refused: the grammar {problem}")
+    names = set(parse_rules(text))
+    clash = input_spans.own_rule_clash(names)
+    if clash is not None:
+        return GrammarReport(False, f"refused: rule {clash!r} — names starting with 'input-span-' are the gateway's")
+    copies = input_spans.uses_input_spans(text, names)
+    if copies:  # compiled here with an example text; each request defines the rule from its own text
+        text = input_spans.bind(text, input_spans.SAMPLE_TEXT)
     try:
         future = _compile_pool.submit(_compile, text, tokenizer_dir)
-        return future.result(timeout=time_limit)
+        result: GrammarReport = future.result(timeout=time_limit)
+        if copies and result.ok:
+            note = "; its rule input-span copies words from each request's text"
+            return GrammarReport(True, result.message + note, result.left_recursive)
+        return result
     except concurrent.futures.TimeoutError:
         # the compile runs on in its worker (xgrammar cannot be interrupted) and is discarded
         return GrammarReport(False, f"refused: the grammar did not compile within {time_limit:g} s")

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field as PydanticField
 from pydantic import ValidationInfo, field_validator
 
+from server.manifest import input_spans
+
 if TYPE_CHECKING:
     from server.manifest.schema import Decoding
 
@@ -341,7 +343,12 @@ class Grammar:
     """Text of the expert's grammar file (GBNF), as vLLM's structured outputs take it."""
 
     text: str
+    copies_input: bool = False  # uses `input-span`, defined per request (server.manifest.input_spans)
     kind: ClassVar[str] = "grammar"
+
+    def for_text(self, text: str) -> Grammar:
+        """The grammar one request is decoded with (ValueError: `text` cannot define `input-span`)."""
+        return Grammar(input_spans.bind(self.text, text)) if self.copies_input else self
 
     def to_structured_outputs_kwargs(self) -> dict[str, Any]:
         return {"grammar": self.text}

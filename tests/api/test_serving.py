@@ -171,6 +171,34 @@ def test_gbnf_grammar_expert_follows_its_grammar(openai_client):
         assert list(data) == ["answer"] and isinstance(data["answer"], str)
 
 
+COPY_PROMPTS = [
+    "Where does she live? Gwenaëlle Phethqusqìm, an orchestral bell ringer, lives in Much Kilbarrack.",
+    "What is the capital of France?",
+]
+
+
+def test_copying_grammar_answers_with_a_run_of_the_requests_words(openai_client):
+    # sampled, not greedy: whatever the model draws, the grammar lets it write only the text's words
+    for p in COPY_PROMPTS:
+        for seed in (1, 2, 3):
+            r = openai_client.chat.completions.create(
+                model="copier", messages=[{"role": "user", "content": p}], temperature=1.0, seed=seed
+            )
+            value = json.loads(r.choices[0].message.content)["answer"]
+            assert value and value in p, (p, value)
+    r = openai_client.completions.create(model="copier", prompt=COPY_PROMPTS[0], temperature=1.0, seed=4)
+    value = json.loads(r.choices[0].text)["answer"]
+    assert value and value in COPY_PROMPTS[0], value
+    # the same model unconstrained answers in its own words: the grammar is what copies
+    r = openai_client.chat.completions.create(
+        model="copier",
+        messages=[{"role": "user", "content": COPY_PROMPTS[1]}],
+        temperature=0,
+        response_format={"type": "text"},
+    )
+    assert "Paris" in r.choices[0].message.content and "Paris" not in COPY_PROMPTS[1]
+
+
 def test_response_format_json_schema_on_base(openai_client, server):
     schema = {
         "type": "object",

@@ -11,6 +11,8 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string
 
+from server.manifest.input_spans import bind
+
 pytestmark = pytest.mark.engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,14 +48,21 @@ def test_eval_reports_every_variant_of_the_example_expert(tmp_path):
         assert r["score"] == r["correct"] / 16
         lo, hi = r["ci95"]
         assert 0 <= lo <= r["score"] <= hi <= 1, (name, r)
-    # the grammar admits only the task's JSON object: each answer under it is that object, or the
-    # start of one cut by max_tokens (a job that repeats a syllable until the limit)
-    grammar = xgrammar.Grammar.from_ebnf((REPO / "experts" / "contact-extract" / "grammar.gbnf").read_text())
+    # the grammar admits only the task's JSON object, its name, city and job copied from the case's
+    # text (input-span): each wrong answer under it is such an object, or the start of one cut by max_tokens
+    grammar = (REPO / "experts" / "contact-extract" / "grammar.gbnf").read_text()
     wrong = [json.loads(line) for line in failures.read_text().splitlines()]
-    constrained = [w["output"] for w in wrong if w["variant"] == "lora+soft_prompt+grammar"]
-    assert all(_is_grammar_accept_string(grammar, out, require_termination=False) for out in constrained)
-    unconstrained = [w["output"] for w in wrong if w["variant"] == "base"]
-    assert not all(_is_grammar_accept_string(grammar, out, require_termination=False) for out in unconstrained)
+    constrained = [w for w in wrong if w["variant"] == "lora+soft_prompt+grammar"]
+    for w in constrained:
+        assert _is_grammar_accept_string(bind(grammar, w["input"]), w["output"], require_termination=False), w
+        if w["output"].endswith("}"):
+            answer = json.loads(w["output"])
+            assert all(answer[k] in w["input"] for k in ("name", "city", "job")), w
+    unconstrained = [w for w in wrong if w["variant"] == "base"]
+    assert not all(
+        _is_grammar_accept_string(bind(grammar, w["input"]), w["output"], require_termination=False)
+        for w in unconstrained
+    )
     # the trained adapter does the task; the base model does not
     assert variants["lora"]["correct"] > variants["base"]["correct"]
     pairs = {(c["a"], c["b"]): c for c in report["comparisons"]}

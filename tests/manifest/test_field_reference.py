@@ -578,11 +578,24 @@ CASES: list[Case] = [
         build=_files(**{"g.gbnf": GRAMMAR}),
     ),
     Case(
+        "grammar-file-copying",
+        [("training.decoding.grammar_file", "applied", "its rule input-span copies words from each request's text")],
+        patch={"training": {"decoding": {"use_grammar": True, "grammar_type": "gbnf", "grammar_file": "g.gbnf"}}},
+        build=_files(**{"g.gbnf": 'root ::= "{\\"v\\": \\"" input-span "\\"}"\n'}),
+    ),
+    Case(
         "grammar-file-missing",
         [("training.decoding.grammar_file", "refused", "not found")],
         patch={"training": {"decoding": {"use_grammar": True, "grammar_file": "nope.gbnf"}}},
         servable=False,
         reason="not found",
+    ),
+    Case(
+        "grammar-file-gateway-rule",
+        [("training.decoding.grammar_file", "refused", "names starting with 'input-span-' are the gateway's")],
+        patch={"training": {"decoding": {"use_grammar": True, "grammar_type": "gbnf", "grammar_file": "g.gbnf"}}},
+        build=_files(**{"g.gbnf": 'root ::= input-span-x\ninput-span-x ::= "a"\n'}),
+        servable=False,
     ),
     Case(
         "grammar-file-broken",
