@@ -1,6 +1,7 @@
 """The experts the benchmark serves, built in a scratch folder with the test factory:
 four LoRA experts, one soft-prompt expert (LoRA + two soft prompts), one soft-prompt-only
-expert (a 16-token soft prompt, no adapter), and `swap`, reloaded between two adapters."""
+expert (a 16-token soft prompt, no adapter), `swap`, reloaded between two adapters, and two
+grammar experts without adapters (values copied from the request, or any string)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ SOFT_PROMPT_EXPERT = "sp-expert"
 SOFT_PROMPT_ONLY_EXPERT = "sp-only"
 SOFT_PROMPT_ONLY_TOKENS = 16  # as the example experts' soft prompts
 SWAP_EXPERT = "swap"
+GRAMMAR_FIXED_EXPERT = "grammar-fixed"
+GRAMMAR_COPY_EXPERT = "grammar-copy"
+# contact-extract's JSON skeleton; the values any string, or copied from the request's words
+_SKELETON = 'root ::= "{\\"name\\": " v ", \\"age\\": " [0-9]+ ", \\"city\\": " v ", \\"job\\": " v "}"\n'
+GRAMMARS = {
+    GRAMMAR_FIXED_EXPERT: _SKELETON + 'v ::= "\\"" [^"\\\\\\x00-\\x1f]+ "\\""\n',
+    GRAMMAR_COPY_EXPERT: _SKELETON + 'v ::= "\\"" input-span "\\""\n',
+}
 
 
 @dataclass
@@ -36,6 +45,9 @@ def build(work: Path, base_path: Path) -> ExpertSet:
         lora_dirs[name] = root / name
     write_soft_prompt_expert(root, base_path, name=SOFT_PROMPT_EXPERT)
     _write_soft_prompt_only_expert(root, base_path)
+    decoding = {"use_grammar": True, "grammar_type": "gbnf", "grammar_file": "grammar.gbnf"}
+    for name, grammar in GRAMMARS.items():
+        write_expert(root, manifest(name, version="1.0.0", decoding=decoding), files={"grammar.gbnf": grammar})
     swap_entry = make_lora(base_path, root / SWAP_EXPERT, seed=2)
     write_expert(root, manifest(SWAP_EXPERT, version="1.0.0", adapter=swap_entry))
     swap_a, swap_b = work / "swap-a", work / "swap-b"

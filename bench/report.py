@@ -185,7 +185,29 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                     f"{ti['paired_difference_p50_ms']} ms): what the soft prompt adds to one request's prefill.",
                 ]
         lines += [""]
-    for key in ("lora_vs_base", "experts_mixed", "soft_prompt_path"):
+    gc = res.get("grammar_copy") or {}
+    measured = [(k, v) for k, v in gc.items() if isinstance(v, dict) and "ttft_p50_ratio" in v]
+    if measured:
+        lines += [
+            "### 3d. A grammar that copies from the request vs a fixed grammar (one request at a time)",
+            "",
+            "| prompts | TTFT p50 copy / fixed (ms) | TTFT p90 copy / fixed (ms) | TTFT copy/fixed | "
+            "median paired difference (ms) | requests per side | other jobs, cores |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, t in measured:
+            lines.append(
+                f"| {key.replace('_', ' ')} | {t['copy_ttft_p50_ms']} / {t['fixed_ttft_p50_ms']} | "
+                f"{t['copy_ttft_p90_ms']} / {t['fixed_ttft_p90_ms']} | **{t['ttft_p50_ratio']}** | "
+                f"{t['paired_difference_p50_ms']} | {t['requests_per_side']} | {t['other_jobs_cores']} |"
+            )
+        lines += [
+            "",
+            f"{gc.get('what', '')}; streaming, max_tokens 1, interleaved request by request, each after a "
+            f"{IDLE_SPIN_S} s pause: the copying grammar is compiled for every request, the fixed one once.",
+            "",
+        ]
+    for key in ("lora_vs_base", "experts_mixed", "soft_prompt_path", "grammar_copy"):
         if isinstance(res.get(key), dict) and "error" in res[key]:
             lines += [f"{key} failed: {res[key]['error']}", ""]
     lim = res.get("limit")

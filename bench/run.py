@@ -36,6 +36,7 @@ from server.settings import CPU_KV_BLOCK_MULTIPLE, KV_BLOCK_SIZES
 from . import experts as ex
 from . import membw
 from .comparisons import gateway_vs_vllm
+from .grammar_copy import grammar_copy
 from .load import run_load
 from .lora import experts_mixed, lora_vs_base
 from .machine import descendants, machine_facts, other_processes
@@ -54,6 +55,7 @@ SECTION_SERVERS: dict[str, set[str]] = {
     "lora_vs_base": {"gateway-vllm-lora-ops"},
     "experts_mixed": {"gateway-vllm-lora-ops"},
     "soft_prompt_path": {"gateway-embeds"},
+    "grammar_copy": set(),
     "reload": set(),
     "profile": {"vllm"},
 }
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch folder (experts, server logs)")
     ap.add_argument(
         "--only",
-        help="comma-separated sections to run (gateway_vs_vllm, lora_vs_base, experts_mixed, soft_prompt_path, "
+        help="comma-separated sections to run (gateway_vs_vllm, lora_vs_base, experts_mixed, soft_prompt_path, grammar_copy, "
         "reload, profile; default: all), e.g. for a short check; only the servers they use are started",
     )
     ap.add_argument(
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         section("lora_vs_base", lambda: lora_vs_base(plan, by_ops))
         section("experts_mixed", lambda: experts_mixed(plan, by_ops))
         section("soft_prompt_path", lambda: soft_prompt_path(plan, gw, gw_embeds))
+        section("grammar_copy", lambda: grammar_copy(plan, gw))
         section("reload", lambda: reload_under_load(plan, gw, es))
         if plan.profile:
             section("profile", lambda: {s.name: profile_api_process(s, plan, 15, BENCH) for s in (gw, peer)})

@@ -51,3 +51,25 @@ def test_section_3_shows_the_prompt_work_counted_where_the_run_has_it(tmp_path):
         "prefix cache in the windows (its counters): 3b 52.5 / 46.5 (from the prefix cache 0.0% / 0.0%)."
     )
     # the fixture's 3a and 3c runs predate the counts: no line for them
+
+
+def test_section_3d_shows_what_a_copying_grammar_adds_to_one_request(tmp_path):
+    res = copy.deepcopy(json.loads(RESULTS.read_text()))
+    probe = {
+        "requests_per_side": 24,
+        "copy_ttft_p50_ms": 120.5,
+        "fixed_ttft_p50_ms": 100.0,
+        "copy_ttft_p90_ms": 140.0,
+        "fixed_ttft_p90_ms": 110.0,
+        "ttft_p50_ratio": 1.205,
+        "paired_difference_p50_ms": 20.1,
+        "other_jobs_cores": 0.03,
+        "failures": [],
+    }
+    res["grammar_copy"] = {"bench_prompts": probe, "text_1000_words": {"error": "RuntimeError: x"}, "what": "W"}
+    out = tmp_path / "results.md"
+    write_markdown(res, out)
+    text = out.read_text()
+    assert "### 3d. A grammar that copies from the request vs a fixed grammar" in text
+    assert "| bench prompts | 120.5 / 100.0 | 140.0 / 110.0 | **1.205** | 20.1 | 24 | 0.03 |" in text
+    assert "text 1000 words" not in text  # a failed probe is not shown as a result
