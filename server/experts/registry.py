@@ -66,6 +66,8 @@ class ExpertSnapshot:
             "default_soft_prompt": self.default_soft_prompt,
             "decoding_defaults": dict(self.defaults),
             "constraint": self.structured.kind if self.structured else None,
+            # its grammar's rule input-span is defined per request from the request's words
+            "constraint_copies_input": bool(getattr(self.structured, "copies_input", False)),
             "output_check": self.output_check,
             "max_model_len": self.max_model_len,
             "loaded_at": self.loaded_at,

@@ -82,6 +82,8 @@ def test_text_completions_copy_from_the_prompt_and_response_format_text_turns_it
     async def body(client):
         r = await client.post("/v1/completions", json={"model": "copier", "prompt": "The ferry leaves Stromness."})
         assert r.status_code == 200, r.text
+        r = await client.get("/experts/copier")
+        assert r.json()["constraint"] == "grammar" and r.json()["constraint_copies_input"] is True
         r = await client.post(
             "/v1/chat/completions",
             json={
