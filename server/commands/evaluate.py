@@ -6,7 +6,8 @@ every variant its files allow, side by side, with 95% intervals and paired compa
     soft_prompt               the soft prompt on the frozen base (an expert with no adapter)
     soft_prompt+grammar       ... with the grammar
     lora                      the expert's adapter, no soft prompt, no grammar
-    lora+grammar              the adapter and the grammar (an expert with no soft prompt)
+    lora+grammar              the adapter and the grammar (for an expert with a soft prompt: only
+                              when named by --variants)
     lora+soft_prompt          adapter and soft prompt, no grammar
     lora+soft_prompt+grammar  the expert as its manifest serves it
 
@@ -53,6 +54,7 @@ class Variant:
     expert: bool  # the expert itself (else its copy without adapters and soft prompts)
     soft_prompt: bool
     grammar: bool
+    default: bool = True  # run when no --variants are named
 
 
 def cases_source(manifest: Any, cases_file: str | None = None) -> Any:
@@ -119,7 +121,10 @@ def variants(*, adapter: bool, soft_prompt: bool, grammar: bool) -> list[Variant
         if soft_prompt:
             rows.append(Variant("lora+soft_prompt", True, True, False))
         if grammar:
-            rows.append(Variant("lora+soft_prompt+grammar" if soft_prompt else "lora+grammar", True, soft_prompt, True))
+            # an expert with a soft prompt: the adapter and grammar without it, on request (--variants)
+            rows.append(Variant("lora+grammar", True, False, True, default=not soft_prompt))
+            if soft_prompt:
+                rows.append(Variant("lora+soft_prompt+grammar", True, True, True))
     elif soft_prompt:
         rows.append(Variant("soft_prompt", True, True, False))
         if grammar:
@@ -131,7 +136,7 @@ def select(rows: list[Variant], names: Sequence[str] | None) -> list[Variant]:
     """`rows` restricted to `names` (all when None), in the report's order; a name that is not
     one of `rows` is an error that lists them."""
     if not names:
-        return rows
+        return [r for r in rows if r.default]
     known = [r.name for r in rows]
     unknown = [n for n in names if n not in known]
     if unknown:

@@ -19,8 +19,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_select_keeps_the_reports_order_and_refuses_unknown_names():
     rows = variants(adapter=True, soft_prompt=True, grammar=True)
-    assert select(rows, None) == rows
+    # lora+grammar (the grammar without the soft prompt) only when asked for
+    assert [r.name for r in select(rows, None)] == [
+        "base",
+        "base+grammar",
+        "lora",
+        "lora+soft_prompt",
+        "lora+soft_prompt+grammar",
+    ]
+    assert [r.name for r in select(rows, ["lora+grammar", "lora"])] == ["lora", "lora+grammar"]
     assert [r.name for r in select(rows, ["lora+soft_prompt", "lora"])] == ["lora", "lora+soft_prompt"]
+    no_soft_prompt = variants(adapter=True, soft_prompt=False, grammar=True)
+    assert select(no_soft_prompt, None) == no_soft_prompt and no_soft_prompt[-1].name == "lora+grammar"
     with pytest.raises(ValueError, match=r"unknown variant\(s\) 'soft_prompt'; this expert has: base, base\+grammar"):
         select(rows, ["lora", "soft_prompt"])  # an adapter expert has no soft-prompt-only variant
 
