@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -63,8 +64,10 @@ def gateway_vs_vllm(plan: Plan, gw: Server, peer: Server) -> dict[str, Any]:
     return out
 
 
-# one side of an interleaved probe: (label, server, model, extra request fields)
-Side = tuple[str, Server, str, dict[str, Any] | None]
+# one side of an interleaved probe: (label, server, model, extra request fields, or a function of
+# the request's index that gives them)
+Extra = dict[str, Any] | Callable[[int], dict[str, Any]] | None
+Side = tuple[str, Server, str, Extra]
 
 
 def ttft_interleaved(gw: Server, peer: Server, n: int) -> dict[str, Any]:
@@ -87,7 +90,8 @@ def ttft_interleaved_sides(a: Side, b: Side, n: int) -> dict[str, Any]:
                 for label, server, model, extra in (a, b) if i % 2 == 0 else (b, a):
                     await asyncio.sleep(IDLE_SPIN_S)
                     rec = RequestRecord(start=time.perf_counter(), client=0)
-                    await one_request(client, server.url, body_for(model, i, 1, extra), rec)
+                    fields = extra(i) if callable(extra) else extra
+                    await one_request(client, server.url, body_for(model, i, 1, fields), rec)
                     if rec.error or rec.first is None:
                         errors.append(f"{label}: {rec.error or 'no token'}")
                         out[label].append(float("nan"))
