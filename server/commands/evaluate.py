@@ -133,7 +133,7 @@ def variants(*, adapter: bool, soft_prompt: bool, grammar: bool) -> list[Variant
 
 
 def select(rows: list[Variant], names: Sequence[str] | None) -> list[Variant]:
-    """`rows` restricted to `names` (all when None), in the report's order; a name that is not
+    """`rows` restricted to `names` (the default ones when None), in the report's order; a name that is not
     one of `rows` is an error that lists them."""
     if not names:
         return [r for r in rows if r.default]
