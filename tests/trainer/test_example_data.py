@@ -201,19 +201,25 @@ def test_the_open_word_list_is_what_the_script_makes():
     assert "mobile" not in listed  # one token both ways
 
 
-def test_the_contact_grammar_admits_every_answer_and_no_value_that_starts_with_a_space(contact_sets):
-    import xgrammar
+def test_the_contact_grammar_admits_every_answer_and_no_value_that_is_not_copied(contact_sets):
     from xgrammar.testing import _is_grammar_accept_string
 
-    grammar = xgrammar.Grammar.from_ebnf((REPO / "experts" / "contact-extract" / "grammar.gbnf").read_text())
+    from server.manifest.input_spans import bind
+
+    grammar = (REPO / "experts" / "contact-extract" / "grammar.gbnf").read_text()
     train, dev, test = contact_sets
-    for row in train[::10] + dev + test:
-        assert _is_grammar_accept_string(grammar, row["messages"][-1]["content"]), row
+    # every answer's name, city and job is a run of its text's words (input-span)
+    for row in train[::50] + dev + test:
+        text = bind(grammar, row["messages"][0]["content"])
+        assert _is_grammar_accept_string(text, row["messages"][-1]["content"]), row
+    sentence = "Esi Lindberg, 69, is a seasonal locksmith in Glen Vellamy."
     answer = {"name": "Esi Lindberg", "age": 69, "city": "Glen Vellamy", "job": "seasonal locksmith"}
-    assert _is_grammar_accept_string(grammar, json.dumps(answer))
+    assert _is_grammar_accept_string(bind(grammar, sentence), json.dumps(answer))
     for key in ("name", "city", "job"):
         spaced = json.dumps({**answer, key: " " + answer[key]})
-        assert not _is_grammar_accept_string(grammar, spaced), key
+        assert not _is_grammar_accept_string(bind(grammar, sentence), spaced), key
+    respelt = json.dumps({**answer, "job": "seasonal locksmiths"})
+    assert not _is_grammar_accept_string(bind(grammar, sentence), respelt)
 
 
 @pytest.mark.parametrize(
