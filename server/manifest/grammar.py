@@ -220,7 +220,7 @@ def limits_problem(text: str) -> str | None:
 
 def copies_input(text: str) -> bool:
     """Whether the grammar leaves the rule `input-span` to each request (server.manifest.input_spans)."""
-    return input_spans.uses_input_spans(text, set(parse_rules(text)))
+    return input_spans.uses_input_spans(parse_rules(text))
 
 
 _compile_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar-compile")
@@ -231,11 +231,11 @@ def compile_gbnf(text: str, tokenizer_dir: Path | None, time_limit: float = GRAM
     problem = limits_problem(text)
     if problem is not None:
         return GrammarReport(False, f"refused: the grammar {problem}")
-    names = set(parse_rules(text))
-    clash = input_spans.own_rule_clash(names)
+    rules = parse_rules(text)
+    clash = input_spans.own_rule_clash(rules)
     if clash is not None:
         return GrammarReport(False, f"refused: rule {clash!r} — names starting with 'input-span-' are the gateway's")
-    copies = input_spans.uses_input_spans(text, names)
+    copies = input_spans.uses_input_spans(rules)
     if copies:  # compiled here with an example text; each request defines the rule from its own text
         text = input_spans.bind(text, input_spans.SAMPLE_TEXT)
     try:

@@ -19,7 +19,6 @@ The request's text is data: it only becomes GBNF string literals, escaped.
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 
 RULE = "input-span"
@@ -28,13 +27,6 @@ _OWN_PREFIX = RULE + "-"
 MAX_WORDS = 4_096  # more words than any context this server serves holds; longer text is refused
 # An example text to compile a grammar that uses the rule before any request exists.
 SAMPLE_TEXT = "Ada Lovelace, 36, is a mathematician in London."
-
-_REFERENCE = re.compile(r"(?<![A-Za-z0-9_-])input-span(?![A-Za-z0-9_-])")
-
-
-def _without_comments(grammar: str) -> str:
-    """GBNF text without its comments and string literals (a quoted 'input-span' is not a reference)."""
-    return re.sub(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*', " ", grammar)
 
 
 def _is_punctuation(ch: str) -> bool:
@@ -76,14 +68,15 @@ def _literal(text: str) -> str:
     return json.dumps(inside_json, ensure_ascii=False)
 
 
-def uses_input_spans(grammar: str, rule_names: set[str]) -> bool:
-    """Whether a grammar refers to `input-span` and leaves it to the gateway (does not define it)."""
-    return RULE not in rule_names and _REFERENCE.search(_without_comments(grammar)) is not None
+def uses_input_spans(rules: dict[str, list[str]]) -> bool:
+    """Whether a grammar (its rules, as server.manifest.grammar.parse_rules reads them) refers to
+    `input-span` and leaves it to the gateway (does not define it)."""
+    return RULE not in rules and any(RULE in body for body in rules.values())
 
 
-def own_rule_clash(rule_names: set[str]) -> str | None:
+def own_rule_clash(rules: dict[str, list[str]]) -> str | None:
     """The first rule a grammar defines under the prefix the gateway's rules use, or None."""
-    return next((n for n in sorted(rule_names) if n.startswith(_OWN_PREFIX)), None)
+    return next((n for n in sorted(rules) if n.startswith(_OWN_PREFIX)), None)
 
 
 def rules_for(text: str) -> str:
