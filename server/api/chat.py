@@ -151,7 +151,7 @@ def plan_chat(
         server_defaults=server_defaults,
         embeds_for_all=embeds_for_all,
         tools=tools,
-        source_text="\n".join(str(m["content"]) for m in messages if m["role"] == "user" and m.get("content")),
+        source_text=lambda: "\n".join(str(m["content"]) for m in messages if m["role"] == "user" and m.get("content")),
     )
 
 
@@ -193,11 +193,12 @@ def plan_generation(
     tools: ToolPlan = NO_TOOLS,
     id_prefix: str = "chatcmpl",
     param: str = "messages",
-    source_text: str = "",
+    source_text: Callable[[], str] = str,
 ) -> PlannedChat:
     """The checks and decisions chat and text completions share, from the prompt's token ids on:
-    soft prompt, context, sampling, constraint, logit bias, logprobs. `source_text` is the text an
-    expert's grammar may copy from (its rule `input-span`): the user's messages, or the prompt."""
+    soft prompt, context, sampling, constraint, logit bias, logprobs. `source_text` gives the text
+    an expert's grammar may copy from (its rule `input-span`): the user's messages, or the prompt;
+    it is called only for such an expert."""
     soft_name: str | None = None
     soft_tensor = None
     if req.soft_prompt is not None and expert is None:
@@ -276,7 +277,7 @@ def plan_generation(
 
     if isinstance(structured, Grammar) and structured.copies_input:  # the expert's own grammar
         try:
-            structured = structured.for_text(source_text)
+            structured = structured.for_text(source_text())
         except ValueError as exc:
             raise InvalidRequest(
                 f"expert {req.model!r} copies values of its answer from the text: {exc}", param=param

@@ -19,7 +19,6 @@ from server.engine.prompts import PromptBuilder
 from server.engine.vllm_engine import Completion, Engine
 from server.errors import InvalidRequest
 from server.experts.registry import ExpertSnapshot
-from server.manifest.sampling import Grammar
 
 
 def prompt_token_ids(prompt: str | list[str] | list[int] | list[list[int]], prompts: PromptBuilder) -> list[int]:
@@ -52,7 +51,6 @@ def plan_completion(
 ) -> PlannedChat:
     """Every check and decision before the engine; `expert` None means the base model."""
     token_ids = prompt_token_ids(req.prompt, prompts)
-    copies = expert is not None and isinstance(expert.structured, Grammar) and expert.structured.copies_input
     return plan_generation(
         req,
         token_ids,
@@ -63,7 +61,7 @@ def plan_completion(
         embeds_for_all=embeds_for_all,
         id_prefix="cmpl",
         param="prompt",
-        source_text=str(prompts.tokenizer.decode(token_ids, skip_special_tokens=True)) if copies else "",
+        source_text=lambda: str(prompts.tokenizer.decode(token_ids, skip_special_tokens=True)),
     )
 
 
