@@ -227,6 +227,49 @@ def test_loss_is_only_on_the_answer_and_end_of_turn():
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("kind", ["lora", "soft_prompt"])
+def test_answer_loss_equals_the_models_own_loss(kind):
+    """The training loss projects only the answer positions to the vocabulary; it must be the
+    loss the model computes over the whole sequence, for rows whose prompts differ in length,
+    with a LoRA and with a soft prompt's virtual tokens in front."""
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    from trainer.base_model import load_model, load_tokenizer, pad_id, resolve_base
+    from trainer.data import Conversation, collate, tokenize
+    from trainer.loop import answer_loss
+    from trainer.lora import lora_config
+    from trainer.plan import LoraPlan
+
+    source = resolve_base(BASE)
+    tok = load_tokenizer(source)
+    rows = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": '{"a": 1}'}],
+        [
+            {"role": "user", "content": "a much longer question, so that this prompt is the longer one"},
+            {"role": "assistant", "content": "a longer answer of several words"},
+        ],
+    ]
+    examples = tokenize(tok, [Conversation(f"x:{i}", r) for i, r in enumerate(rows)], 256)
+    assert len({e.labels.index(next(t for t in e.labels if t != -100)) for e in examples}) == 2
+    batch = collate(examples, pad_id(tok))
+    torch.manual_seed(0)
+    if kind == "lora":
+        plan = LoraPlan(0, 0, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], path="adapter")
+        model = get_peft_model(load_model(source), lora_config(plan))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero; make the adapter change the output
+                torch.nn.init.normal_(param, std=0.02)
+    else:
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3)
+        model = get_peft_model(load_model(source), config)
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).loss
+        got = answer_loss(model, batch)
+    assert torch.isclose(got, expected, rtol=1e-5), (got, expected)
+
+
+@pytest.mark.unit
 def test_learning_rate_schedule():
     assert lr_at(0, 100, 10, 1.0, "cosine") == pytest.approx(0.1)
     assert lr_at(9, 100, 10, 1.0, "cosine") == pytest.approx(1.0)
