@@ -56,9 +56,8 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     # position of each row's first answer token (rows are right-padded, prompts differ in length)
     first = max(1, int(torch.where(answer.any(dim=1), answer.int().argmax(dim=1), labels.shape[1]).min()))
     keep = labels.shape[1] - first + 1  # the positions first-1 .. last, each predicting the next token
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits[
-        :, :-1
-    ]
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    logits = out.logits[:, :-1]
     return torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), labels[:, first:].reshape(-1), ignore_index=IGNORE_INDEX
     )
