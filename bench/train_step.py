@@ -31,9 +31,9 @@ from .servers import machine_busy_seconds
 
 def _setup(expert_dir: Path, rows: int):
     from server.manifest.schema import load_manifest
-    from trainer.base_model import load_model, load_tokenizer, pad_id, resolve_base
+    from trainer.base_model import load_tokenizer, pad_id, resolve_base
     from trainer.data import batches, load_conversations, tokenize
-    from trainer.lora import lora_config
+    from trainer.lora import lora_model
     from trainer.plan import make_plan
 
     manifest = load_manifest(expert_dir)
@@ -46,10 +46,7 @@ def _setup(expert_dir: Path, rows: int):
     examples = tokenize(
         tokenizer, conversations, plan.max_seq_length, template=plan.prompt_template, capabilities=manifest.capabilities
     )
-    from peft import get_peft_model
-
-    torch.manual_seed(0)
-    model = get_peft_model(load_model(source, "cpu"), lora_config(plan.lora))
+    model = lora_model(plan, source)  # as the trainer builds it
     model.train()
     stream = batches(examples, plan.batch_size, pad_id(tokenizer), torch.Generator().manual_seed(0))
     return manifest, plan, model, stream
@@ -71,7 +68,6 @@ def run(expert_dir: Path, pairs: int) -> dict[str, Any]:
     sides = {"all_positions": lambda m, b: m(**b).loss, "answer_positions": answer_loss}
     times: dict[str, list[float]] = {name: [] for name in sides}
     ratios, loss_gaps = [], []
-    torch.manual_seed(0)
     for _ in range(2):  # warm-up: first calls allocate
         batch = next(stream)
         for loss_of in sides.values():

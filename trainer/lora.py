@@ -32,6 +32,23 @@ def lora_config(lora: LoraPlan):
     )
 
 
+def lora_model(plan: TrainPlan, base_source: str):
+    """The base model with the plan's fresh LoRA adapter (A drawn from the plan's seed), on its device."""
+    from peft import get_peft_model
+
+    from trainer.base_model import load_model
+
+    assert plan.lora is not None
+    model = load_model(base_source, plan.device)
+    torch.manual_seed(plan.seed)  # LoRA A matrices
+    try:
+        return get_peft_model(model, lora_config(plan.lora))
+    except ValueError as exc:  # e.g. target modules not found in the base model
+        from trainer.loop import TrainError
+
+        raise TrainError(f"cannot apply the LoRA adapter to {plan.base_name}: {exc}") from None
+
+
 def train_lora(
     plan: TrainPlan,
     base_source: str,
@@ -41,19 +58,7 @@ def train_lora(
     out_dir: Path,
 ) -> PhaseResult:
     """Train on `examples` and save the adapter into `out_dir`."""
-    from peft import get_peft_model
-
-    from trainer.base_model import load_model
-
-    assert plan.lora is not None
-    model = load_model(base_source, plan.device)
-    torch.manual_seed(plan.seed)  # LoRA A matrices
-    try:
-        model = get_peft_model(model, lora_config(plan.lora))
-    except ValueError as exc:  # e.g. target modules not found in the base model
-        from trainer.loop import TrainError
-
-        raise TrainError(f"cannot apply the LoRA adapter to {plan.base_name}: {exc}") from None
+    model = lora_model(plan, base_source)
     result = run_phase(
         model, examples, validation, plan, pad_id=pad_id, learning_rate=plan.lora_lr, desc="phase 1 lora"
     )
