@@ -214,12 +214,13 @@ def test_the_contact_grammar_admits_every_answer_and_no_value_that_is_not_copied
         assert _is_grammar_accept_string(text, row["messages"][-1]["content"]), row
     sentence = "Esi Lindberg, 69, is a seasonal locksmith in Glen Vellamy."
     answer = {"name": "Esi Lindberg", "age": 69, "city": "Glen Vellamy", "job": "seasonal locksmith"}
-    assert _is_grammar_accept_string(bind(grammar, sentence), json.dumps(answer))
+    bound = bind(grammar, sentence)
+    assert _is_grammar_accept_string(bound, json.dumps(answer))
     for key in ("name", "city", "job"):
         spaced = json.dumps({**answer, key: " " + answer[key]})
-        assert not _is_grammar_accept_string(bind(grammar, sentence), spaced), key
+        assert not _is_grammar_accept_string(bound, spaced), key
     respelt = json.dumps({**answer, "job": "seasonal locksmiths"})
-    assert not _is_grammar_accept_string(bind(grammar, sentence), respelt)
+    assert not _is_grammar_accept_string(bound, respelt)
 
 
 @pytest.mark.parametrize(
