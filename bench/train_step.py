@@ -30,26 +30,20 @@ from .servers import machine_busy_seconds
 
 
 def _setup(expert_dir: Path, rows: int):
-    from server.manifest.schema import load_manifest
-    from trainer.base_model import load_tokenizer, pad_id, resolve_base
-    from trainer.data import batches, load_conversations, tokenize
+    from trainer.base_model import pad_id
+    from trainer.data import batches
+    from trainer.inputs import read_inputs
     from trainer.lora import lora_model
-    from trainer.plan import make_plan
 
-    manifest = load_manifest(expert_dir)
-    plan = make_plan(expert_dir, manifest, max_steps=None, device="cpu", seed=0)
-    if plan.lora is None:
+    inputs = read_inputs(expert_dir, seed=0, train_rows=rows)  # as the trainer reads them
+    if inputs.plan.lora is None:
         raise SystemExit(f"{expert_dir}: the expert has no LoRA adapter to train")
-    source = resolve_base(plan.base_name)
-    tokenizer = load_tokenizer(source)
-    conversations = load_conversations(plan.train_path, plan.field_mapping)[:rows]
-    examples = tokenize(
-        tokenizer, conversations, plan.max_seq_length, template=plan.prompt_template, capabilities=manifest.capabilities
-    )
-    model = lora_model(plan, source)  # as the trainer builds it
+    model = lora_model(inputs.plan, inputs.base_source)  # as the trainer builds it
     model.train()
-    stream = batches(examples, plan.batch_size, pad_id(tokenizer), torch.Generator().manual_seed(0))
-    return manifest, plan, model, stream
+    stream = batches(
+        inputs.train_set, inputs.plan.batch_size, pad_id(inputs.tokenizer), torch.Generator().manual_seed(0)
+    )
+    return inputs.manifest, inputs.plan, model, stream
 
 
 def _timed(model, batch, loss_of) -> tuple[float, float]:

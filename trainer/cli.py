@@ -79,32 +79,15 @@ def run_train(
         # OpenMP threads that spin while waiting make training crawl when other processes
         # share the cores (measured 10x slower); passive waiting costs nothing when idle.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from server.manifest.schema import ManifestError, load_manifest
-    from trainer.base_model import BaseModelError, load_tokenizer, resolve_base
-    from trainer.data import Conversation, DatasetError, Example, load_conversations, tokenize
-    from trainer.plan import PlanError, make_plan
+    from server.manifest.schema import ManifestError
+    from trainer.base_model import BaseModelError
+    from trainer.data import DatasetError
+    from trainer.inputs import read_inputs
+    from trainer.plan import PlanError
 
-    expert_dir = Path(expert_dir)
     # -- 1. manifest and plan, 2. data: everything checked before any model is loaded
     try:
-        if not expert_dir.is_dir():
-            raise PlanError(f"{expert_dir} is not a folder")
-        manifest = load_manifest(expert_dir)
-        plan = make_plan(expert_dir, manifest, max_steps=max_steps, device=device, seed=seed)
-        for note in plan.notes:
-            _say(f"note: {note}")
-        train_rows = load_conversations(plan.train_path, plan.field_mapping)
-        val_rows = load_conversations(plan.validation_path, plan.field_mapping) if plan.validation_path else None
-        base_source = resolve_base(model or plan.base_name)
-        tokenizer = load_tokenizer(base_source)
-
-        def render(rows: list[Conversation]) -> list[Example]:
-            return tokenize(
-                tokenizer, rows, plan.max_seq_length, template=plan.prompt_template, capabilities=manifest.capabilities
-            )
-
-        train_set = render(train_rows)
-        val_set = render(val_rows) if val_rows else None
+        inputs = read_inputs(Path(expert_dir), max_steps=max_steps, device=device, seed=seed, model=model)
     except ManifestError as exc:
         for issue in exc.issues:
             _err(f"manifest: {issue.field + ': ' if issue.field else ''}{issue.message}")
@@ -116,16 +99,19 @@ def run_train(
         _err(str(exc))
         return EXIT_USAGE
 
+    plan, train_set, val_set = inputs.plan, inputs.train_set, inputs.val_set
+    for note in plan.notes:
+        _say(f"note: {note}")
     _quiet_libraries()
     phases = ([f"lora {plan.steps(len(train_set))}"] if plan.lora else []) + (
         [f"soft prompt {plan.steps(len(train_set), 'prompt')}"] if plan.soft_prompt else []
     )
     _say(
-        f"training {manifest.name} on {plan.base_name}: {len(train_set)} rows"
+        f"training {inputs.manifest.name} on {plan.base_name}: {len(train_set)} rows"
         f"{f', {len(val_set)} validation rows' if val_set else ''}; steps: {', '.join(phases)}; "
         f"batch {plan.batch_size}x{plan.grad_accum}, seed {plan.seed}, device {plan.device}"
     )
-    return _train_and_write(plan, base_source, tokenizer, train_set, val_set)
+    return _train_and_write(plan, inputs.base_source, inputs.tokenizer, train_set, val_set)
 
 
 def _train_and_write(plan, base_source, tokenizer, train_set, val_set) -> int:
