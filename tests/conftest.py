@@ -200,7 +200,8 @@ def server(experts_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def openai_client(server: RunningServer):
     import openai
 
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
+        yield client
 
 
 def sampling_header(raw_response) -> dict:

@@ -5,8 +5,10 @@ logprobs, logit_bias, `/v1/completions`, `models.retrieve`, developer messages."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import warnings
 
 import httpx
 import jsonschema
@@ -348,18 +350,21 @@ def test_langchain_structured_output_with_function_calling(server, which):
         name: str = Field(max_length=20)
         age: int
 
-    llm = ChatOpenAI(
-        model=_model(server, which),
-        base_url=server.url + "/v1",
-        api_key="unused",
-        temperature=0,
-        max_tokens=60,
-        max_retries=0,
-    )
-    person = llm.with_structured_output(Person, method="function_calling").invoke(ASK[0]["content"])
-    assert isinstance(person, Person)
-    bound = llm.bind_tools([Person], tool_choice="Person")
-    msg = bound.invoke(ASK[0]["content"])
+    # our own HTTP client, closed at the end (langchain's default one is cached for the process)
+    with openai.DefaultHttpxClient() as http_client:
+        llm = ChatOpenAI(
+            model=_model(server, which),
+            base_url=server.url + "/v1",
+            api_key="unused",
+            temperature=0,
+            max_tokens=60,
+            max_retries=0,
+            http_client=http_client,
+        )
+        person = llm.with_structured_output(Person, method="function_calling").invoke(ASK[0]["content"])
+        assert isinstance(person, Person)
+        bound = llm.bind_tools([Person], tool_choice="Person")
+        msg = bound.invoke(ASK[0]["content"])
     (call,) = msg.tool_calls
     assert call["name"] == "Person" and Person.model_validate(call["args"])
 
@@ -368,16 +373,30 @@ def test_litellm_tools(server):
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
-    r = litellm.completion(
-        model=f"openai/{EXPERT}",
-        api_base=server.url + "/v1",
-        api_key="unused",
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice=NAMED,
-        temperature=0,
-        max_tokens=60,
-    )
+    # our own client, closed at the end (litellm's default one is cached for the process)
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
+        r = litellm.completion(
+            client=client,
+            model=f"openai/{EXPERT}",
+            api_base=server.url + "/v1",
+            api_key="unused",
+            messages=ASK,
+            tools=TOOLS,
+            tool_choice=NAMED,
+            temperature=0,
+            max_tokens=60,
+        )
+    _close_thread_event_loop()  # litellm's synchronous call leaves one open
     (call,) = r.choices[0].message.tool_calls
     assert call.function.name == "record_person"
     jsonschema.validate(json.loads(call.function.arguments), PERSON)
+
+
+def _close_thread_event_loop() -> None:
+    """Close the event loop a library set for this thread (asyncio.get_event_loop outside a loop)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # would warn only if it made a new one
+        loop = asyncio.get_event_loop()
+    if not loop.is_running():
+        loop.close()
+        asyncio.set_event_loop(None)
