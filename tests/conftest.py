@@ -149,6 +149,38 @@ def experts_dir(tmp_path_factory: pytest.TempPathFactory, base_path: Path) -> Pa
     return root
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # a supervisor's SIGTERM (`timeout`, a cancelled CI job) ends the run as Ctrl-C does, so the
+    # session's teardown still stops the servers it started
+    test_process = os.getpid()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if os.getpid() == test_process:
+            raise KeyboardInterrupt
+        # a child forked by a test (multiprocessing) inherits this handler: it ends, as by default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _prctl():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+_PRCTL = _prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def ends_with_this_process() -> None:
+    """Popen's preexec_fn for a server a test starts in its own session: on Linux, the server is sent
+    SIGTERM (and stops its engine) when the test process ends, even by SIGKILL."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _start_server(experts: Path, log_path: Path, env_extra: dict[str, str] | None = None) -> RunningServer:
     port = free_port()
     env = {**os.environ, "EXPERT_DTYPE": "float32", "EXPERT_MAX_MODEL_LEN": "1024", **(env_extra or {})}
@@ -159,8 +191,17 @@ def _start_server(experts: Path, log_path: Path, env_extra: dict[str, str] | Non
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=ends_with_this_process,
         )
     url = f"http://127.0.0.1:{port}"
+    try:
+        return _wait_ready(proc, url, experts, log_path)
+    except BaseException:  # not ready in time, or the run interrupted while waiting
+        _stop(proc)
+        raise
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, experts: Path, log_path: Path) -> RunningServer:
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -172,7 +213,6 @@ def _start_server(experts: Path, log_path: Path, env_extra: dict[str, str] | Non
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    _stop(proc)
     raise RuntimeError("server not ready after 300 s:\n" + log_path.read_text()[-4000:])
 
 

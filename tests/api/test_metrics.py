@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
-from conftest import free_port
+from conftest import ends_with_this_process, free_port
 
 pytestmark = pytest.mark.engine
 
@@ -221,6 +221,7 @@ def prometheus(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=ends_with_this_process,
         )
     url = f"http://127.0.0.1:{port}"
     try:
