@@ -14,6 +14,9 @@ token-to-adapter plan is made once per batch mapping (`update_metadata`) and sha
 LoRA layer of the step; a layer's slices (q, k, v) go through one shrink and one expand
 (`lora_ops.lora_linear`), and the LM head's LoRA through the same ops (vLLM's run for it at
 every step, adapters that do not target the LM head included).
+
+In the engine core process it starts the watch that ends the engine core when the gateway
+process is gone (server/engine/parent_watch.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ LORA_OPS_ENV = "EXPERT_LORA_OPS"  # the setting `lora_ops`, as the engine proces
 
 
 def register() -> None:
+    from server.engine import parent_watch
+
+    if parent_watch.in_engine_core():
+        parent_watch.watch_parent()
     _install_lora_ops()
     try:
         from vllm.lora.layers.vocab_parallel_embedding import VocabParallelEmbeddingWithLoRA

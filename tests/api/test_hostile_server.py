@@ -177,7 +177,7 @@ def _engine_core(pid: int) -> psutil.Process:
     return max(children, key=lambda c: c.memory_info().rss)
 
 
-def test_hostile_start_slow_clients_and_a_killed_engine(hostile: tuple[Path, Path]) -> None:
+def test_hostile_start_slow_clients_a_killed_engine_and_a_killed_gateway(hostile: tuple[Path, Path]) -> None:
     root, logs = hostile
     env = {"EXPERT_READ_TIMEOUT": "3"}
     running = _start_server(root, logs / "first.log", env)
@@ -237,5 +237,13 @@ def test_hostile_start_slow_clients_and_a_killed_engine(hostile: tuple[Path, Pat
         )
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] is not None
+
+        # the gateway killed outright (SIGKILL, the OOM killer): its engine processes do not outlive it
+        engine = psutil.Process(again.process.pid).children(recursive=True)
+        assert any("EngineCor" in p.name() for p in engine), [p.name() for p in engine]
+        again.process.kill()
+        again.process.wait(timeout=10)
+        _, alive = psutil.wait_procs(engine, timeout=60)
+        assert not alive, [(p.pid, p.name()) for p in alive]
     finally:
         _stop(again.process)
