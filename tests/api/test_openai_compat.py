@@ -396,7 +396,10 @@ def _close_thread_event_loop() -> None:
     """Close the event loop a library set for this thread (asyncio.get_event_loop outside a loop)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # would warn only if it made a new one
-        loop = asyncio.get_event_loop()
+        try:
+            loop = asyncio.get_event_loop()
+        except RuntimeError:  # none: an earlier asyncio.run() left the thread without one
+            return
     if not loop.is_running():
         loop.close()
         asyncio.set_event_loop(None)
