@@ -176,7 +176,8 @@ PR_SET_PDEATHSIG = 1
 
 def ends_with_this_process() -> None:
     """Popen's preexec_fn for a server a test starts in its own session: on Linux, the server is sent
-    SIGTERM (and stops its engine) when the test process ends, even by SIGKILL."""
+    SIGTERM (and stops its engine) when the test process ends, even by SIGKILL. The signal follows
+    the thread that started the server, so start servers from the main thread."""
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
