@@ -87,7 +87,14 @@ def run_train(
 
     # -- 1. manifest and plan, 2. data: everything checked before any model is loaded
     try:
-        inputs = read_inputs(Path(expert_dir), max_steps=max_steps, device=device, seed=seed, model=model)
+        inputs = read_inputs(
+            Path(expert_dir),
+            max_steps=max_steps,
+            device=device,
+            seed=seed,
+            model=model,
+            on_note=lambda note: _say(f"note: {note}"),
+        )
     except ManifestError as exc:
         for issue in exc.issues:
             _err(f"manifest: {issue.field + ': ' if issue.field else ''}{issue.message}")
@@ -100,8 +107,6 @@ def run_train(
         return EXIT_USAGE
 
     plan, train_set, val_set = inputs.plan, inputs.train_set, inputs.val_set
-    for note in plan.notes:
-        _say(f"note: {note}")
     _quiet_libraries()
     phases = ([f"lora {plan.steps(len(train_set))}"] if plan.lora else []) + (
         [f"soft prompt {plan.steps(len(train_set), 'prompt')}"] if plan.soft_prompt else []

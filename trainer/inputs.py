@@ -7,6 +7,7 @@ it, the base model's source and tokenizer, and every dataset row rendered and to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,17 @@ def read_inputs(
     seed: int | None = None,
     model: str | None = None,
     train_rows: int | None = None,
+    on_note: Callable[[str], None] = lambda note: None,
 ) -> TrainingInputs:
     """Read and check everything `expert train` needs; `train_rows` keeps only the first N training
-    rows (a benchmark's few batches), `model` replaces the manifest's base model source."""
+    rows (a benchmark's few batches), `model` replaces the manifest's base model source, and
+    `on_note` hears the plan's notes as soon as the plan is made, before the rows are read."""
     if not expert_dir.is_dir():
         raise PlanError(f"{expert_dir} is not a folder")
     manifest = load_manifest(expert_dir)
     plan = make_plan(expert_dir, manifest, max_steps=max_steps, device=device, seed=seed)
+    for note in plan.notes:
+        on_note(note)
     train_conversations = load_conversations(plan.train_path, plan.field_mapping)[:train_rows]
     val_conversations = load_conversations(plan.validation_path, plan.field_mapping) if plan.validation_path else None
     base_source = resolve_base(model or plan.base_name)

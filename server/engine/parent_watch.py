@@ -31,19 +31,17 @@ def in_engine_core() -> bool:
     return multiprocessing.current_process().name.startswith(ENGINE_CORE_PREFIX)
 
 
-def watch_parent(interval_s: float = 1.0, grace_s: float = 30.0) -> threading.Thread | None:
-    """Start the watch in this process (once); None if it was already started."""
+def watch_parent(interval_s: float = 1.0, grace_s: float = 30.0) -> None:
+    """Start the watch in this process (once)."""
     global _started
     if _started:
-        return None
+        return
     _started = True
     started_by = multiprocessing.parent_process()  # the gateway process, even if it is already gone
     parent = started_by.pid if started_by is not None and started_by.pid is not None else os.getppid()
-    thread = threading.Thread(
+    threading.Thread(
         target=_watch, args=(parent, interval_s, grace_s), name="expert-gateway-parent-watch", daemon=True
-    )
-    thread.start()
-    return thread
+    ).start()
 
 
 def _watch(parent: int, interval_s: float, grace_s: float) -> None:
